@@ -1,0 +1,107 @@
+"""Generate with a teacher or a student, time it, and score it with the modality's metrics."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from distill.denoiser import Denoiser
+from distill.modality import Modality
+from distill.process import sampling_schedule
+from distill.samplers import SampleResult, get_sampler
+
+
+@dataclass
+class Generated:
+    """Samples of one (model, sampler, steps) setting and what producing them cost."""
+
+    samples: torch.Tensor
+    nfe: int
+    seconds: float
+    n: int
+
+    @property
+    def ms_per_sample(self) -> float:
+        return 1000.0 * self.seconds / self.n
+
+
+@dataclass
+class Row:
+    """One benchmark/evaluation row: a setting and its metrics."""
+
+    method: str
+    steps: int
+    nfe: int
+    ms_per_sample: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"method": self.method, "steps": self.steps, "nfe": self.nfe}
+        out.update(self.extra)
+        out.update(self.metrics)
+        out["ms_per_sample"] = round(self.ms_per_sample, 6)
+        return out
+
+
+def noise_and_cond(modality: Modality, n: int, seed: int, device: Any = "cpu") -> tuple[torch.Tensor, Any]:
+    """The evaluation noise: the same seed gives the same noise to teacher and students."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, *modality.sample_shape), generator=generator)
+    cond = modality.sample_condition(n, generator)
+    return noise.to(device), (cond.to(device) if isinstance(cond, torch.Tensor) else cond)
+
+
+@torch.no_grad()
+def generate(
+    sample_fn,
+    noise: torch.Tensor,
+    cond: Any,
+    batch_size: int,
+    label: str = "sampling",
+    progress: bool = True,
+) -> Generated:
+    """Run ``sample_fn(noise_chunk, cond_chunk) -> SampleResult`` in chunks, timing it."""
+    outs, nfe, n = [], 0, noise.shape[0]
+    seconds = 0.0
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(label, total=n)
+        for start in range(0, n, batch_size):
+            chunk = slice(start, min(n, start + batch_size))
+            c = cond[chunk] if isinstance(cond, torch.Tensor) else cond
+            if noise.is_cuda:
+                torch.cuda.synchronize()
+            began = time.perf_counter()
+            result: SampleResult = sample_fn(noise[chunk], c)
+            if noise.is_cuda:
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - began
+            outs.append(result.x0.float().cpu())
+            nfe = result.nfe
+            bar.update(task, advance=chunk.stop - chunk.start)
+    return Generated(torch.cat(outs), nfe, seconds, n)
+
+
+def teacher_sample_fn(teacher: Denoiser, sampler: str, steps: int, schedule: str = "uniform", guidance=None, null_cond=None, **options):
+    process = teacher.process
+    timesteps = sampling_schedule(process, steps, kind=schedule)
+    sigma_max = process.sigma(torch.tensor(process.t_max, dtype=torch.float64))
+    fn = get_sampler(sampler)
+
+    def run(noise: torch.Tensor, cond: Any) -> SampleResult:
+        x_T = noise * sigma_max.to(noise.dtype)
+        return fn(teacher, x_T, cond, timesteps=timesteps, guidance=guidance, null_cond=null_cond, **options)
+
+    return run
+
+
+def student_sample_fn(method, student: Denoiser, steps: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def run(noise: torch.Tensor, cond: Any) -> SampleResult:
+        return method.sample(student, noise, cond, steps=steps, generator=generator)
+
+    return run

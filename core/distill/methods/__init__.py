@@ -1,0 +1,22 @@
+"""Built-in methods, registered through the same hook as any plugin's."""
+from __future__ import annotations
+
+from distill.hookspecs import hookimpl
+from distill.methods.diffusion import Diffusion
+from distill.methods.dmd2 import DMD2
+from distill.methods.kd import KD
+
+BUILTIN_METHODS = [KD, DMD2, Diffusion]
+
+
+@hookimpl
+def distill_register_methods(register) -> None:
+    for cls in BUILTIN_METHODS:
+        register.add(cls.name, cls, description=cls.description)
+
+
+@hookimpl
+def distill_register_teachers(register) -> None:
+    from distill.engine.export import load_safetensors_teacher
+
+    register.add("safetensors", load_safetensors_teacher, description="a distill export: <file>.safetensors + <file>.json sidecar")

@@ -1,0 +1,131 @@
+"""Embeddings of scalar inputs: time and the extra scalars methods need.
+
+:func:`sinusoidal_embedding` is the Transformer position encoding (Vaswani et al.
+2017, Sec. 3.5) used for diffusion time in DDPM/ADM (Ho et al. 2020; Dhariwal &
+Nichol 2021): for ``half = dim // 2`` frequencies ``f_k = max_period^(-k/half)``,
+``emb(t) = [cos(t f_0), ..., cos(t f_{half-1}), sin(t f_0), ..., sin(t f_{half-1})]``
+(zero-padded when ``dim`` is odd).
+
+:class:`ScalarConditioning` is the documented mechanism for extra scalar inputs a
+method needs besides the time ``t``: a second time ``r`` (consistency trajectory
+models, shortcut/flow maps, MeanFlow), a step size ``d`` (shortcut models), a
+guidance scale ``w`` (guidance-distilled students). A network built with
+``extra_inputs=("r",)`` is called ``net(x, t, cond, r=r)``; each declared name gets
+its own sinusoidal embedding and two-layer MLP whose output is summed into the time
+embedding. Rules:
+
+* passing a name that was not declared raises :class:`ExtraInputError` (a
+  ``DistillError`` and a ``TypeError``) naming the declared ones;
+* a declared input that is omitted (or passed as None) contributes zero, exactly as
+  if its MLP output were zero;
+* each MLP's last layer is zero-initialised, so adding extra inputs to a network
+  initialised from a teacher leaves its output unchanged at first.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import DistillError
+
+__all__ = ["sinusoidal_embedding", "SinusoidalEmbedding", "ScalarConditioning", "ExtraInputError"]
+
+
+class ExtraInputError(DistillError, TypeError):
+    """A network got a keyword input it was not built to read."""
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, scale: float = 1.0) -> torch.Tensor:
+    """Sinusoidal embedding ``[B, dim]`` of one scalar per sample (``t``: ``[B]`` or scalar).
+
+    ``scale`` multiplies ``t`` first (e.g. 1000 for ``t`` in [0, 1], so the fastest
+    frequencies resolve small time differences, as DDPM's integer steps do).
+    Computed in float32 or wider; returned in float32 (or t's dtype if wider).
+    """
+    if dim < 1:
+        raise DistillError(f"embedding dim must be >= 1; got {dim}")
+    t = torch.as_tensor(t)
+    if t.ndim == 0:
+        t = t.reshape(1)
+    if t.ndim != 1:
+        t = t.reshape(t.shape[0], -1)[:, 0]
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    half = dim // 2
+    k = torch.arange(half, device=t.device, dtype=dtype)
+    freqs = torch.exp(-math.log(max_period) * k / max(half, 1))
+    args = (t.to(dtype) * scale)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Module form of :func:`sinusoidal_embedding` followed by ``Linear-SiLU-Linear``."""
+
+    def __init__(self, dim: int, out_dim: int, max_period: float = 10000.0, scale: float = 1.0, zero_init: bool = False):
+        super().__init__()
+        self.dim, self.max_period, self.scale = dim, max_period, scale
+        self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        if zero_init:
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        emb = sinusoidal_embedding(t, self.dim, self.max_period, self.scale)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class ScalarConditioning(nn.Module):
+    """Embeds the declared extra scalars and adds them to a time embedding.
+
+    ``ScalarConditioning(("r", "w"), embed_dim=64, out_dim=256)``; then
+    ``cond_emb = module(time_emb, r=r, w=w)`` returns
+    ``time_emb + sum_name MLP_name(sinusoidal(value_name))`` over the names given
+    (values: a tensor ``[B]``, a scalar tensor or a float; None or omitted = no
+    contribution). See the module docstring for the rules.
+    """
+
+    def __init__(
+        self,
+        names: tuple[str, ...] | list[str] = (),
+        embed_dim: int = 64,
+        out_dim: int = 256,
+        max_period: float = 10000.0,
+        scale: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        names = tuple(names)
+        for name in names:
+            if not name.isidentifier():
+                raise DistillError(f"extra input names must be Python identifiers (they are keyword arguments); got {name!r}")
+        if len(set(names)) != len(names):
+            raise DistillError(f"extra input names must be distinct; got {names}")
+        self.names = names
+        self.embeds = nn.ModuleDict(
+            {name: SinusoidalEmbedding(embed_dim, out_dim, max_period, scale, zero_init=True) for name in names}
+        )
+
+    def check(self, values: dict[str, Any], owner: str = "network") -> None:
+        unknown = [k for k in values if k not in self.names]
+        if unknown:
+            declared = ", ".join(self.names) if self.names else "none"
+            raise ExtraInputError(
+                f"{owner} got unexpected extra input(s) {', '.join(map(repr, unknown))}; it was built with "
+                f"extra_inputs=({declared}). Build it with extra_inputs=({', '.join(repr(n) for n in (*self.names, *unknown))},) "
+                "to condition on them."
+            )
+
+    def forward(self, emb: torch.Tensor, **values: Any) -> torch.Tensor:
+        self.check(values)
+        for name, value in values.items():
+            if value is None:
+                continue
+            v = torch.as_tensor(value, device=emb.device)
+            if v.ndim == 0:
+                v = v.expand(emb.shape[0])
+            emb = emb + self.embeds[name](v)
+        return emb

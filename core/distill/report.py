@@ -1,0 +1,144 @@
+"""Evaluate a run (teacher vs student from the same noise) and write ``report.md``.
+
+``report.md`` is what a person reads first: quality of the teacher at its usual
+step count and at one step (the negative control) against the student at the
+steps it was trained for, NFE, time per sample measured in the same process, the
+speed-up, the paired distance between student and teacher samples drawn from the
+same noise, and pictures of each.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.engine.io import atomic_write_text
+from distill.evaluation import Row, generate, noise_and_cond, student_sample_fn, teacher_sample_fn
+
+
+def paired_rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Root-mean-square distance between samples generated from the same noise."""
+    return float((a - b).pow(2).flatten(1).mean(dim=1).mean().sqrt())
+
+
+def teacher_settings(cfg) -> list[dict[str, Any]]:
+    usual = dict(cfg.teacher_sampler)
+    usual.setdefault("name", "heun")
+    usual.setdefault("steps", 18)
+    return [usual, {"name": "euler", "steps": 1, "schedule": usual.get("schedule", "uniform")}]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def evaluate_run(run_dir: Path, n: int | None = None, steps: list[int] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    from distill.engine.run import open_run
+
+    run = open_run(run_dir)
+    cfg, modality = run.cfg, run.modality
+    n = n or cfg.eval.n_samples
+    steps = steps or list(cfg.eval.steps)
+    noise, cond = noise_and_cond(modality, n, cfg.eval.seed)
+    reference = modality.reference(n, torch.Generator().manual_seed(cfg.eval.seed + 1))
+    samples_dir = Path(run_dir) / "samples"
+    rows: list[Row] = []
+    panels: dict[str, torch.Tensor] = {}
+    teacher_usual = None
+    for setting in (teacher_settings(cfg) if run.teacher is not None else []):
+        setting = dict(setting)
+        name, k = setting.pop("name"), setting.pop("steps")
+        fn = teacher_sample_fn(run.teacher, name, k, **setting)
+        gen = generate(fn, noise, cond, cfg.eval.batch_size, label=f"teacher {name} x{k}", progress=progress)
+        samples = modality.decode(gen.samples)
+        metrics = modality.evaluate(samples, reference, cond=cond)
+        row = Row("teacher", k, gen.nfe, gen.ms_per_sample, metrics, {"sampler": name})
+        if teacher_usual is None:
+            teacher_usual = (row, samples)
+        else:
+            row.metrics["paired_rmse_vs_teacher"] = paired_rmse(samples, teacher_usual[1])
+        rows.append(row)
+        panels[f"teacher {name}, {gen.nfe} NFE"] = samples
+    for k in steps:
+        fn = student_sample_fn(run.method, run.student, k)
+        gen = generate(fn, noise, cond, cfg.eval.batch_size, label=f"student x{k}", progress=progress)
+        samples = modality.decode(gen.samples)
+        metrics = modality.evaluate(samples, reference, cond=cond)
+        if teacher_usual is not None:
+            metrics["paired_rmse_vs_teacher"] = paired_rmse(samples, teacher_usual[1])
+        else:
+            teacher_usual = (Row(cfg.method, k, gen.nfe, gen.ms_per_sample), samples)  # the baseline row
+        rows.append(Row(cfg.method, k, gen.nfe, gen.ms_per_sample, metrics, {"sampler": "student"}))
+        panels[f"student ({cfg.method}), {gen.nfe} NFE"] = samples
+    base = teacher_usual[0].ms_per_sample
+    records = []
+    for row in rows:
+        record = row.as_dict()
+        record["speedup_vs_teacher"] = round(base / row.ms_per_sample, 3) if row.ms_per_sample > 0 else None
+        records.append(record)
+    pictures = _pictures(modality, panels, samples_dir)
+    atomic_write_text(Path(run_dir) / "eval.json", json.dumps({"rows": records}, indent=2))
+    _write_report(run, records, pictures, n)
+    _print_rows(records)
+    return records
+
+
+def _pictures(modality, panels: dict[str, torch.Tensor], samples_dir: Path) -> list[Path]:
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    compare = getattr(modality, "save_comparison", None)
+    if compare is not None:
+        return list(compare(panels, samples_dir / "comparison.png") or [samples_dir / "comparison.png"])
+    files: list[Path] = []
+    for i, (title, samples) in enumerate(panels.items()):
+        files.extend(modality.save_samples(samples, samples_dir / f"panel{i}.png", title=title))
+    return files
+
+
+def _write_report(run, records: list[dict[str, Any]], pictures: list[Path], n: int) -> None:
+    cfg = run.cfg
+    keys = ["method", "sampler", "steps", "nfe"]
+    metric_keys = [k for k in records[0] if k not in keys + ["ms_per_sample", "speedup_vs_teacher"] and not isinstance(records[0][k], list)]
+    extra = [k for r in records for k in r if k not in keys + metric_keys + ["ms_per_sample", "speedup_vs_teacher"] and not isinstance(r[k], list)]
+    metric_keys += sorted(set(extra))
+    header = keys + metric_keys + ["ms_per_sample", "speedup_vs_teacher"]
+    lines = [
+        f"# distill report: {cfg.method} on {cfg.modality}",
+        "",
+        f"Student: `{run.student_file.name}` ({cfg.student.steps}-step training), teacher: "
+        f"`{json.dumps(cfg.teacher) if cfg.teacher else 'modality default'}`, sampler at its usual setting "
+        f"`{cfg.teacher_sampler}`. {n} samples per row from the same noise (seed {cfg.eval.seed}). "
+        "Times are per sample on this machine's CPU/GPU in this process; compare them as ratios.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in records:
+        lines.append("| " + " | ".join(_fmt(r.get(k, "")) for k in header) + " |")
+    lines += ["", "`paired_rmse_vs_teacher`: RMS distance to the teacher's sample from the same noise.", ""]
+    for p in pictures:
+        lines.append(f"![{p.stem}]({Path(p).relative_to(run.run_dir)})")
+    metrics_file = Path(run.run_dir) / "metrics.jsonl"
+    if metrics_file.is_file():
+        last = metrics_file.read_text().strip().splitlines()[-1:]
+        if last:
+            lines += ["", "Last training log line (`metrics.jsonl`):", "", "```", last[0], "```"]
+    atomic_write_text(Path(run.run_dir) / "report.md", "\n".join(lines) + "\n")
+
+
+def _print_rows(records: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="teacher vs student")
+    keys = [k for k in records[0] if not isinstance(records[0][k], list)]
+    for k in keys:
+        table.add_column(k)
+    for r in records:
+        table.add_row(*[_fmt(r.get(k, "")) for k in keys])
+    Console(width=max(120, 14 * len(keys))).print(table)
