@@ -53,6 +53,7 @@ class TrainerConfig:
     strategy: str = "auto"  # auto | single | ddp | fsdp
     precision: str = "auto"  # auto: 32-true on CPU, bf16-mixed on GPU
     seed: int = 0
+    cpu_threads: int | None = None  # torch intra-op threads on CPU (small models often run fastest on 1)
     log_every: int = 50
     checkpoint_every: int = 500
     progress: bool = True

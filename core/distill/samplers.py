@@ -281,7 +281,7 @@ def ddim(
     ``eta = 1``: ancestral sampling, which keeps the marginals. The last step is the
     final denoising. NFE = N.
     """
-    run = _Run("ddim", denoiser, x_T, cond, timesteps, guidance, null_cond, options)
+    run = _Run("ddim", denoiser, x_T, cond, timesteps, guidance, null_cond, options, allowed=("eta",))
     if not 0.0 <= float(eta) <= 1.0:
         raise DistillError(f"ddim: eta must be in [0, 1] (0 = deterministic, 1 = ancestral); got {eta}")
     x = x_T
@@ -411,7 +411,7 @@ def consistency(
     Note the direction: as in the TCD paper, ``gamma = 0`` is deterministic and
     ``gamma = 1`` is multistep consistency sampling. NFE = N.
     """
-    run = _Run("consistency", denoiser, x_T, cond, timesteps, guidance, null_cond, options)
+    run = _Run("consistency", denoiser, x_T, cond, timesteps, guidance, null_cond, options, allowed=("gamma",))
     gamma = float(gamma)
     if not 0.0 <= gamma <= 1.0:
         raise DistillError(

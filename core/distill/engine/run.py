@@ -154,6 +154,8 @@ def train(cfg: RunConfig, resume: bool = False, extra_callbacks: list[Any] = ())
     from distill.engine.module import DistillModule
 
     pl.seed_everything(cfg.trainer.seed, verbose=False)
+    if cfg.trainer.cpu_threads:
+        torch.set_num_threads(cfg.trainer.cpu_threads)
     run = build_run(cfg)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     last = run.run_dir / "checkpoints" / "last.ckpt"

@@ -107,6 +107,14 @@ class ToyModality(Modality):
             "student.safetensors."
         )
 
+    # --- benchmark ----------------------------------------------------------------
+    @classmethod
+    def benchmark(cls, quick: bool = False):
+        """The spec of ``distill bench toy`` (see :mod:`distill_toy.bench`)."""
+        from distill_toy.bench import benchmark
+
+        return benchmark(quick)
+
     # --- evaluation -------------------------------------------------------------
     def evaluate(self, samples: torch.Tensor, reference: Any, **context: Any) -> dict[str, Any]:
         """Quality of ``samples`` against ``reference`` (a DataBatch or tensor of real samples).
