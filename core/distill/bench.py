@@ -59,6 +59,7 @@ def run_bench(
     methods: list[str] | None = None,
     workdir: str | Path | None = None,
     progress: bool = True,
+    markdown: str | Path | None = None,
 ) -> dict[str, Any]:
     from distill.config import _build_run
     from distill.engine.run import build_method, build_modality, load_teacher, train
@@ -146,8 +147,29 @@ def run_bench(
     }
     if out:
         atomic_write_text(Path(out), json.dumps(result, indent=2) + "\n")
+    if markdown:
+        atomic_write_text(Path(markdown), markdown_table(result))
     _print(result)
     return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The rows as a Markdown table (what docs/benchmarks.md shows)."""
+    rows = result["rows"]
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys and k != "usual"]
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, list):
+            return "[" + ", ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in value) + "]"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _print(result: dict[str, Any]) -> None:

@@ -18,6 +18,8 @@ from distill.errors import DistillError
 def _quiet_lightning() -> None:
     import logging
 
+    import lightning.pytorch  # noqa: F401  (it sets its loggers to INFO on import; override after)
+
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -82,7 +84,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from distill.bench import run_bench
 
-    run_bench(args.modality, quick=args.quick, out=args.out, device=args.device, methods=args.methods)
+    run_bench(args.modality, quick=args.quick, out=args.out, device=args.device, methods=args.methods,
+              markdown=args.markdown)
     return 0
 
 
@@ -132,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--methods", nargs="*", default=None, help="only these methods")
+    p.add_argument("--markdown", default=None, help="also write the rows as a Markdown table here")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("demo", help="distil the bundled teacher into a one-step student and write a report")

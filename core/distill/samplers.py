@@ -178,7 +178,9 @@ class _Run:
 
 
 def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    # Draw on the generator's device (a CPU generator may drive a GPU sampler), then move.
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
 # ---------------------------------------------------------------------------

@@ -132,3 +132,16 @@ def test_ddp_two_processes_match_one_process_at_double_batch(tmp_path):
         for key in a:
             # Same math in a different summation order: float32 round-off, amplified a little by Adam.
             assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), f"{role}.{key}"
+
+
+def test_dmd2_with_gan_head_and_multistep_student(tmp_path, fixture_plugins):
+    from distill.evaluation import generate, noise_and_cond, student_sample_fn
+
+    run = train(tiny(tmp_path / "run", "dmd2", "trainer.max_steps=3", "method_args.gan_weight=0.01", "student.steps=2"))
+    assert (run.run_dir / "discriminator.safetensors").is_file()
+    logs = run.module.last_logs
+    assert "critic/discriminator" in logs and "student/gan" in logs and "discriminator/grad_norm" in logs
+    opened = open_run(run.run_dir)
+    noise, cond = noise_and_cond(opened.modality, 8, seed=0)
+    gen = generate(student_sample_fn(opened.method, opened.student, 2), noise, cond, batch_size=8, progress=False)
+    assert gen.nfe == 2 and gen.samples.shape == (8, 2) and torch.isfinite(gen.samples).all()

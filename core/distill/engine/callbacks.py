@@ -20,7 +20,7 @@ class RunCheckpoint(Callback):
         self.every = every
 
     def save(self, trainer, module) -> None:
-        trainer.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(self.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full resume state
         export_roles(module, self.run_dir, rank_zero=trainer.is_global_zero)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

@@ -154,7 +154,8 @@ class DistillModule(pl.LightningModule):
         self._opt_index = {}
         for index, (name, module) in enumerate(self.trained.items()):
             spec = self.role_specs[name]
-            optimizer = torch.optim.AdamW(module.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+            optimizer = torch.optim.AdamW(module.parameters(), lr=spec.lr, betas=spec.betas,
+                                          weight_decay=spec.weight_decay, foreach=True)
             warmup = self.cfg.optim[name].warmup_steps if name in self.cfg.optim else 0
             schedule = (lambda w: (lambda k: min(1.0, (k + 1) / w)))(warmup) if warmup > 0 else (lambda k: 1.0)
             optimizers.append(optimizer)
