@@ -120,3 +120,19 @@ def test_broken_plugin_is_reported_and_skipped(tmp_path):
     strict = subprocess.run([sys.executable, "-m", "distill.cli", "plugins"], env=dict(env, DISTILL_STRICT_PLUGINS="1"),
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert strict.returncode == 2 and "broken_plugin" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def test_sample_and_eval_commands(capsys, tmp_path, empty_config, fixture_plugins):
+    code, _, err = run_cli(capsys, "train", str(empty_config), *base_args(tmp_path), "ema.half_life=2")
+    assert code == 0, err
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "sample", str(run), "--n", "10")
+    assert code == 0 and (run / "samples/student_1step/samples.safetensors").is_file() and "10 samples" in out
+    code, out, _ = run_cli(capsys, "eval", str(run), "--n", "200")
+    assert code == 0
+    rows = json.loads((run / "eval.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["teacher", "teacher", "kd"]
+    report = (run / "report.md").read_text()
+    assert "| teacher |" in report and "| kd |" in report and "speedup_vs_teacher" in report
+    code, _, err = run_cli(capsys, "eval", str(tmp_path))
+    assert code == 2 and "not a distill run directory" in one_sentence_error(err)
