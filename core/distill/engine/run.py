@@ -101,7 +101,9 @@ def make_trainer(cfg: RunConfig, run_dir: Path, extra_callbacks: list[Any] = ())
     if t.strategy == "ddp" or (t.strategy == "auto" and many):
         strategy = RoleDDPStrategy(process_group_backend="gloo" if accelerator == "cpu" else None)
     elif t.strategy == "fsdp":
-        strategy = RoleFSDPStrategy()
+        if not isinstance(devices, int):
+            raise DistillError("trainer.strategy=fsdp needs trainer.devices as a number of devices per node")
+        strategy = RoleFSDPStrategy(world_size=devices * t.num_nodes)
     elif t.strategy not in ("auto", "single"):
         raise DistillError(f"unknown trainer.strategy {t.strategy!r}; use auto, single, ddp or fsdp")
     callbacks: list[Any] = [RunCheckpoint(run_dir, t.checkpoint_every), JsonlMetrics(run_dir, t.log_every), RanksInSync()]

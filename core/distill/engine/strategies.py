@@ -40,13 +40,18 @@ class RoleFSDPStrategy(ModelParallelStrategy):
 
     shards_gradients = True
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=False, **kwargs)
+    def __init__(self, world_size: int, **kwargs: Any) -> None:
+        # Pure data parallelism: one mesh dimension over every process.
+        super().__init__(data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=False, **kwargs)
 
 
 def shard_roles(module: Any) -> None:
     """Apply FSDP2 to each trained role's network (called from ``configure_model``)."""
     mesh = getattr(module, "device_mesh", None)
     dp_mesh = mesh["data_parallel"] if mesh is not None else None
+    from distill.denoiser import Denoiser
+
     for role in module.trained.values():
-        fully_shard(role, mesh=dp_mesh)
+        # Shard the network itself: FSDP2 gathers parameters in forward hooks, and methods
+        # call Denoiser.predict (not Denoiser.__call__), which reaches the net through net(...).
+        fully_shard(role.net if isinstance(role, Denoiser) else role, mesh=dp_mesh)
