@@ -37,6 +37,7 @@ class BenchSpec:
     base_config: dict[str, Any]  # RunConfig keys shared by every student run
     method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
     method_steps: dict[str, list[int]] = field(default_factory=dict)  # default: [1]
+    minutes: dict[str, float] = field(default_factory=dict)  # training budget per "method" or "method@steps"
     n_samples: int = 20000
     batch_size: int = 10000
     seed: int = 1234
@@ -115,6 +116,9 @@ def run_bench(
             if method_cls.max_student_steps is not None and steps > method_cls.max_student_steps:
                 continue
             run_cfg = _merge(base, spec.method_configs.get(method, {}))
+            budget = spec.minutes.get(f"{method}@{steps}", spec.minutes.get(method))
+            if budget is not None:
+                run_cfg = _merge(run_cfg, {"trainer": {"max_minutes": budget}})
             run_cfg = _merge(run_cfg, {"method": method, "student": {"steps": steps},
                                        "output": {"dir": str(tmp / f"{method}-{steps}")},
                                        "trainer": {"progress": progress}})
