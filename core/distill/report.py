@@ -107,13 +107,17 @@ def _write_report(run, records: list[dict[str, Any]], pictures: list[Path], n: i
     extra = [k for r in records for k in r if k not in keys + metric_keys + ["ms_per_sample", "speedup_vs_teacher"] and not isinstance(r[k], list)]
     metric_keys += sorted(set(extra))
     header = keys + metric_keys + ["ms_per_sample", "speedup_vs_teacher"]
+    if run.teacher is not None:
+        teacher = json.dumps(cfg.teacher) if cfg.teacher else json.dumps(run.modality.default_teacher())
+        who = (f"Student: `{run.student_file.name}` ({cfg.student.steps}-step training); teacher `{teacher}` "
+               f"at its usual setting `{json.dumps(cfg.teacher_sampler)}` and at 1 NFE (the negative control).")
+    else:
+        who = f"Model: `{run.student_file.name}` trained from data by `{cfg.method}` (no teacher), sampled at several step counts."
     lines = [
         f"# distill report: {cfg.method} on {cfg.modality}",
         "",
-        f"Student: `{run.student_file.name}` ({cfg.student.steps}-step training), teacher: "
-        f"`{json.dumps(cfg.teacher) if cfg.teacher else 'modality default'}`, sampler at its usual setting "
-        f"`{cfg.teacher_sampler}`. {n} samples per row from the same noise (seed {cfg.eval.seed}). "
-        "Times are per sample on this machine's CPU/GPU in this process; compare them as ratios.",
+        f"{who} {n} samples per row from the same noise (seed {cfg.eval.seed}). "
+        "Times are per sample, measured in this process; compare them as ratios.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

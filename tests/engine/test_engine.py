@@ -150,3 +150,20 @@ def test_dmd2_with_gan_head_and_multistep_student(tmp_path, fixture_plugins):
     noise, cond = noise_and_cond(opened.modality, 8, seed=0)
     gen = generate(student_sample_fn(opened.method, opened.student, 2), noise, cond, batch_size=8, progress=False)
     assert gen.nfe == 2 and gen.samples.shape == (8, 2) and torch.isfinite(gen.samples).all()
+
+
+def test_trained_teacher_exports_and_loads_as_a_teacher(tmp_path, fixture_plugins):
+    """`diffusion` trains a model from data; its export is a teacher for the safetensors loader."""
+    teacher_run = train(load_config(None, [
+        "modality=mix", "method=diffusion", f"output.dir={tmp_path / 'teacher'}", "trainer.max_steps=5",
+        "trainer.progress=false", "data.batch_size=64", "method_args.prediction=eps", "method_args.process=vp"]))
+    exported = teacher_run.run_dir / "student.safetensors"
+    side = json.loads(exported.with_suffix(".json").read_text())
+    assert side["prediction"] == "eps" and side["process"]["name"] == "vp"
+    student_run = train(tiny(tmp_path / "student", "kd", "teacher.loader=safetensors", f"teacher.path={exported}",
+                             "trainer.max_steps=0"))
+    teacher = student_run.module.teacher
+    assert teacher.prediction == "eps" and teacher.process.name == "vp"
+    # student init "auto" copies the teacher's weights when the teacher has any
+    for a, b in zip(teacher.net.parameters(), student_run.module.trained["student"].net.parameters()):
+        assert torch.equal(a, b)

@@ -105,7 +105,7 @@ def load_denoiser(path: str | Path, modality: Any, role: str | None = None) -> t
 
 def load_safetensors_teacher(cfg: dict[str, Any], modality: Any) -> Denoiser:
     """Teacher loader ``safetensors``: ``teacher: {loader: safetensors, path: FILE}``."""
-    unknown = set(cfg) - {"loader", "path"}
+    unknown = {k for k, v in cfg.items() if v is not None} - {"loader", "path"}  # null clears a key
     if unknown:
         raise DistillError(f"teacher loader 'safetensors' takes only 'path'; unknown keys: {sorted(unknown)}")
     if not cfg.get("path"):

@@ -274,6 +274,12 @@ class DistillModule(pl.LightningModule):
         if self._trainer is not None and isinstance(self.trainer.strategy, RoleFSDPStrategy):
             shard_roles(self)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        if int(self.distill_step) >= self.cfg.trainer.max_steps:  # max_steps=0, or resumed at the end
+            self.trainer.should_stop = True
+            return -1  # Lightning: skip the rest of this epoch
+        return None
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if int(self.distill_step) >= self.cfg.trainer.max_steps:
             self.trainer.should_stop = True
