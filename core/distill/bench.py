@@ -25,7 +25,15 @@ import torch
 
 from distill.engine.io import atomic_write_text
 from distill.errors import DistillError
-from distill.evaluation import Row, generate, noise_and_cond, student_sample_fn, teacher_sample_fn
+from distill.evaluation import (
+    Row,
+    generate,
+    noise_and_cond,
+    paired_rmse,
+    records_with_speedup,
+    student_sample_fn,
+    teacher_sample_fn,
+)
 
 
 @dataclass
@@ -133,15 +141,10 @@ def run_bench(
             gen = generate(student_sample_fn(module.method, student, steps, seed=spec.seed), noise, cond,
                            spec.batch_size, label=f"{method} x{steps}", progress=progress)
             metrics = score(gen.samples)
-            metrics["paired_rmse_vs_teacher"] = float((gen.samples - usual_samples).pow(2).flatten(1).mean(1).mean().sqrt())
+            metrics["paired_rmse_vs_teacher"] = paired_rmse(gen.samples, usual_samples)
             rows.append(Row(method, steps, gen.nfe, gen.ms_per_sample, metrics, {
                 "train_steps": int(module.distill_step), "train_seconds": round(seconds, 1)}))
-    base_ms = rows[0].ms_per_sample
-    records = []
-    for row in rows:
-        record = row.as_dict()
-        record["speedup_vs_teacher"] = round(base_ms / row.ms_per_sample, 2) if row.ms_per_sample > 0 else None
-        records.append(record)
+    records = records_with_speedup(rows, rows[0].ms_per_sample)
     result = {
         "modality": modality_name,
         "quick": quick,

@@ -47,6 +47,21 @@ class Row:
         return out
 
 
+def paired_rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Root-mean-square distance between samples generated from the same noise."""
+    return float((a - b).pow(2).flatten(1).mean(dim=1).mean().sqrt())
+
+
+def records_with_speedup(rows: list[Row], base_ms: float) -> list[dict[str, Any]]:
+    """Rows as dicts with ``speedup_vs_teacher = base_ms / ms_per_sample`` (same-process ratio)."""
+    records = []
+    for row in rows:
+        record = row.as_dict()
+        record["speedup_vs_teacher"] = round(base_ms / row.ms_per_sample, 3) if row.ms_per_sample > 0 else None
+        records.append(record)
+    return records
+
+
 def noise_and_cond(modality: Modality, n: int, seed: int, device: Any = "cpu") -> tuple[torch.Tensor, Any]:
     """The evaluation noise: the same seed gives the same noise to teacher and students."""
     generator = torch.Generator().manual_seed(seed)

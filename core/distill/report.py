@@ -15,12 +15,15 @@ from typing import Any
 import torch
 
 from distill.engine.io import atomic_write_text
-from distill.evaluation import Row, generate, noise_and_cond, student_sample_fn, teacher_sample_fn
-
-
-def paired_rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Root-mean-square distance between samples generated from the same noise."""
-    return float((a - b).pow(2).flatten(1).mean(dim=1).mean().sqrt())
+from distill.evaluation import (
+    Row,
+    generate,
+    noise_and_cond,
+    paired_rmse,
+    records_with_speedup,
+    student_sample_fn,
+    teacher_sample_fn,
+)
 
 
 def teacher_settings(cfg) -> list[dict[str, Any]]:
@@ -76,12 +79,7 @@ def evaluate_run(run_dir: Path, n: int | None = None, steps: list[int] | None = 
             teacher_usual = (Row(cfg.method, k, gen.nfe, gen.ms_per_sample), samples)  # the baseline row
         rows.append(Row(cfg.method, k, gen.nfe, gen.ms_per_sample, metrics, {"sampler": "student"}))
         panels[f"student ({cfg.method}), {gen.nfe} NFE"] = samples
-    base = teacher_usual[0].ms_per_sample
-    records = []
-    for row in rows:
-        record = row.as_dict()
-        record["speedup_vs_teacher"] = round(base / row.ms_per_sample, 3) if row.ms_per_sample > 0 else None
-        records.append(record)
+    records = records_with_speedup(rows, teacher_usual[0].ms_per_sample)
     pictures = _pictures(modality, panels, samples_dir)
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps({"rows": records}, indent=2))
     _write_report(run, records, pictures, n)

@@ -7,15 +7,7 @@ from torch import nn
 from distill import Batch, Denoiser, Roles, make_process
 from distill.methods.dmd2 import DMD2
 from distill.process.mixture import GaussianMixture
-
-
-class ExactNet(nn.Module):
-    def __init__(self, mixture, process):
-        super().__init__()
-        self.mixture, self.process = mixture, process
-
-    def forward(self, x, t, cond=None, **extra):
-        return self.mixture.posterior_mean(x, self.process.alpha(t), self.process.sigma(t))
+from tests.fixtures.exact import ExactNet
 
 
 class FixedOutput(nn.Module):

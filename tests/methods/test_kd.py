@@ -8,16 +8,8 @@ from distill import Batch, Denoiser, Roles, make_process, sampling_schedule
 from distill.methods.kd import KD
 from distill.modality import Modality
 from distill.process.mixture import GaussianMixture
+from tests.fixtures.exact import ExactNet
 from distill.samplers import heun
-
-
-class ExactNet(nn.Module):
-    def __init__(self, mixture, process):
-        super().__init__()
-        self.mixture, self.process = mixture, process
-
-    def forward(self, x, t, cond=None, **extra):
-        return self.mixture.posterior_mean(x, self.process.alpha(t), self.process.sigma(t))
 
 
 class Echo(nn.Module):
