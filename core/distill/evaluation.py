@@ -113,8 +113,14 @@ def teacher_sample_fn(teacher: Denoiser, sampler: str, steps: int, schedule: str
     return run
 
 
+# The re-noising stream of multistep students must not replay the starting noise:
+# with the same seed, z_1 would equal x_T's noise and the chain would be correlated.
+RENOISE_SEED_OFFSET = 1_000_003
+
+
 def student_sample_fn(method, student: Denoiser, steps: int, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
+    """Sampler of a trained student; its re-noising generator is seeded apart from the initial noise."""
+    generator = torch.Generator().manual_seed(seed + RENOISE_SEED_OFFSET)
 
     def run(noise: torch.Tensor, cond: Any) -> SampleResult:
         return method.sample(student, noise, cond, steps=steps, generator=generator)
