@@ -80,21 +80,21 @@ def evaluate_run(run_dir: Path, n: int | None = None, steps: list[int] | None = 
         rows.append(Row(cfg.method, k, gen.nfe, gen.ms_per_sample, metrics, {"sampler": "student"}))
         panels[f"student ({cfg.method}), {gen.nfe} NFE"] = samples
     records = records_with_speedup(rows, teacher_usual[0].ms_per_sample)
-    pictures = _pictures(modality, panels, samples_dir)
+    pictures = _pictures(modality, panels, samples_dir, cond)
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps({"rows": records}, indent=2))
     _write_report(run, records, pictures, n)
     _print_rows(records)
     return records
 
 
-def _pictures(modality, panels: dict[str, torch.Tensor], samples_dir: Path) -> list[Path]:
+def _pictures(modality, panels: dict[str, torch.Tensor], samples_dir: Path, cond: Any = None) -> list[Path]:
     samples_dir.mkdir(parents=True, exist_ok=True)
     compare = getattr(modality, "save_comparison", None)
     if compare is not None:
-        return list(compare(panels, samples_dir / "comparison.png") or [samples_dir / "comparison.png"])
+        return list(compare(panels, samples_dir / "comparison.png", cond=cond) or [samples_dir / "comparison.png"])
     files: list[Path] = []
     for i, (title, samples) in enumerate(panels.items()):
-        files.extend(modality.save_samples(samples, samples_dir / f"panel{i}.png", title=title))
+        files.extend(modality.save_samples(samples, samples_dir / f"panel{i}.png", title=title, cond=cond))
     return files
 
 

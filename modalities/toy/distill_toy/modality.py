@@ -162,7 +162,8 @@ class ToyModality(Modality):
         return [target]
 
     def save_comparison(
-        self, panels: Mapping[str, torch.Tensor], path: Path | str, title: str | None = None, max_points: int = 20000
+        self, panels: Mapping[str, torch.Tensor], path: Path | str, title: str | None = None, max_points: int = 20000,
+        **context: Any,
     ) -> list[Path]:
         """Side-by-side scatter plots, one per ``panels`` entry (``{"teacher@35": x, "student@1": y}``)."""
         if not panels:
