@@ -22,7 +22,10 @@ adaLN-Zero initialises every modulation layer and the output linear to zero, so 
 block starts as the identity and a fresh network predicts exactly zero. The
 position embedding is the fixed 2-D sin-cos table of MAE/DiT (half the width
 encodes the row, half the column), a non-persistent buffer rebuilt from the config.
-Defaults (R=16, p=2 -> 64 tokens, D=192, 6 blocks, 3 heads) give ~4.1M parameters.
+Defaults (R=16, p=2 -> 64 tokens, D=192, 6 blocks, 3 heads) give 4.16M parameters;
+one forward + backward at batch 64 measured ~1.0 s on one CPU core (forward alone
+~0.46 s) -- about 3x the default UNet; ``hidden=96, depth=4`` (0.72M parameters,
+~375 ms) matches the UNet's cost for quick CPU runs.
 
 Conditioning follows :class:`distill.nets.MLPDenoiserNet`: ``cond`` is None or Long
 labels ``[B]`` in ``[0, num_classes]``; ``num_classes`` is the null class and
