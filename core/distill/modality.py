@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -43,7 +44,15 @@ class Modality:
         """Modality options (subclasses replace this dataclass)."""
 
     def __init__(self, options: Any = None) -> None:
-        self.options = options if options is not None else self.Options()
+        """``options``: an instance of ``Options``, a mapping of its fields (validated, with
+        close-match hints for unknown keys) or None for the defaults."""
+        if options is None:
+            options = self.Options()
+        elif isinstance(options, Mapping):
+            from distill.config import build_dataclass
+
+            options = build_dataclass(self.Options, dict(options), "modality_args")
+        self.options = options
 
     # --- shapes and spaces -------------------------------------------------
     @property

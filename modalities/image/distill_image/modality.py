@@ -85,17 +85,6 @@ class ImageModality(Modality):
         reference_seed: int = 20240601
 
     def __init__(self, options: Any = None) -> None:
-        if options is None:
-            options = self.Options()
-        elif isinstance(options, Mapping):
-            known = set(self.Options.__dataclass_fields__)
-            unknown = sorted(set(options) - known)
-            if unknown:
-                raise DistillError(
-                    f"unknown image modality option(s) {unknown}{_suggest(unknown[0], sorted(known))} "
-                    f"(known options: {', '.join(sorted(known))})"
-                )
-            options = self.Options(**options)
         super().__init__(options)
         o = self.options
         if o.dataset not in DATASETS:

@@ -56,16 +56,6 @@ class ToyModality(Modality):
         reference_seed: int = 20240601
 
     def __init__(self, options: Any = None) -> None:
-        if options is None:
-            options = self.Options()
-        elif isinstance(options, Mapping):
-            known = set(self.Options.__dataclass_fields__)
-            unknown = sorted(set(options) - known)
-            if unknown:
-                raise DistillError(
-                    f"unknown toy modality option(s) {unknown}; known options: {', '.join(sorted(known))}"
-                )
-            options = self.Options(**options)
         super().__init__(options)
         self.dataset: ToyDataset = make_dataset(self.options.dataset, self.options.scale)
 

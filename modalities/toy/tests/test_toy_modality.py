@@ -38,7 +38,7 @@ def test_options_from_dict_and_errors():
     assert m.options.dataset == "grid25" and m.mixture.means.abs().max() == 4.0
     m2 = ToyModality(ToyModality.Options(dataset="moons"))
     assert m2.mixture is None
-    with pytest.raises(DistillError, match="unknown toy modality option"):
+    with pytest.raises(DistillError, match="unknown key 'modality_args.datset'; did you mean 'dataset'"):
         ToyModality({"datset": "ring8"})
     with pytest.raises(DistillError, match="Did you mean 'checkerboard'"):
         ToyModality({"dataset": "checkerbord"})
