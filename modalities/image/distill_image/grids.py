@@ -24,8 +24,6 @@ student at 1 step -- show the same noise in the same cell of
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -212,17 +210,9 @@ def _target(path: Path | str, default_name: str) -> Path:
 
 
 def _write_png(image: Any, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    from distill.engine.io import atomic_write  # lazy: keeps `import distill_image` light
+
+    return atomic_write(target, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def save_grid(

@@ -6,8 +6,6 @@ sampler and method can be checked against the truth on a CPU in seconds.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -211,17 +209,10 @@ def _save(fig: Any, target: Path) -> None:
     """Render with the Agg canvas (no pyplot, no global backend) and write atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from distill.engine.io import atomic_write
+
     FigureCanvasAgg(fig)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(target, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 __all__ = ["ToyModality", "NETWORK_DEFAULTS"]
