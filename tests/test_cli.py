@@ -136,3 +136,30 @@ def test_sample_and_eval_commands(capsys, tmp_path, empty_config, fixture_plugin
     assert "| teacher |" in report and "| kd |" in report and "speedup_vs_teacher" in report
     code, _, err = run_cli(capsys, "eval", str(tmp_path))
     assert code == 2 and "not a distill run directory" in one_sentence_error(err)
+
+
+def test_demo_of_a_modality_without_a_demo_is_a_user_error(capsys, fixture_plugins):
+    code, _, err = run_cli(capsys, "demo", "--modality", "mix")
+    assert code == 2
+    assert "modality 'mix' has no demo here" in one_sentence_error(err)
+
+
+def test_demo_prefers_the_richest_installed_modality(monkeypatch):
+    from distill import demo, plugins
+
+    class WithDemo:
+        @classmethod
+        def demo_plan(cls):
+            return demo.DemoPlan(minutes=1.0, config={"method": "dmd2"}, teacher="a fixture teacher")
+
+    class Manager:
+        modalities = ["zeta", "toy", "mix"]
+
+        def modality(self, name):
+            return WithDemo if name in ("zeta", "toy") else object
+
+    monkeypatch.setattr(plugins, "get_manager", lambda: Manager())
+    assert demo.choose_plan()[0] == "toy"  # PREFERENCE first
+    monkeypatch.setattr(demo, "PREFERENCE", [])
+    assert demo.choose_plan()[0] == "toy"  # then the others by name
+    assert demo.choose_plan("zeta")[0] == "zeta"

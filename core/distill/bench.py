@@ -36,6 +36,11 @@ from distill.evaluation import (
 )
 
 
+# The reference draw's seed sits apart from the noise seeds (seed, seed + 1, ...) and from
+# the students' re-noising stream (seed + RENOISE_SEED_OFFSET), so no two share a stream.
+REFERENCE_SEED_OFFSET = 2_000_029
+
+
 @dataclass
 class BenchSpec:
     """What ``distill bench <modality>`` runs."""
@@ -45,10 +50,18 @@ class BenchSpec:
     base_config: dict[str, Any]  # RunConfig keys shared by every student run
     method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
     method_steps: dict[str, list[int]] = field(default_factory=dict)  # default: [1]
-    minutes: dict[str, float] = field(default_factory=dict)  # training budget per "method" or "method@steps"
+    # Training budgets per "method" or "method@steps" ("method@steps" wins). A step budget
+    # reproduces bitwise on any machine and lets a learning-rate decay span the run; a
+    # wall-clock budget stops at a load-dependent step. A run with both stops at the first.
+    max_steps: dict[str, int] = field(default_factory=dict)
+    minutes: dict[str, float] = field(default_factory=dict)
     n_samples: int = 20000
     batch_size: int = 10000
     seed: int = 1234
+    # Noise seeds per row (seed, seed + 1, ...): scalar metrics are averaged over them, and
+    # ``<key>_std`` (sample standard deviation across seeds) is added for each of std_keys.
+    seeds: int = 1
+    std_keys: list[str] = field(default_factory=list)
     metric_keys: list[str] | None = None  # keep only these metrics in rows (None: all)
     default_steps: list[int] = field(default_factory=lambda: [1])
 
@@ -57,6 +70,16 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(a)
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _budget(spec: BenchSpec, method: str, steps: int) -> dict[str, Any]:
+    """Trainer overrides for the budget of (method, steps): ``method@steps`` beats ``method``."""
+    out: dict[str, Any] = {}
+    for key, table in (("max_steps", spec.max_steps), ("max_minutes", spec.minutes)):
+        value = table.get(f"{method}@{steps}", table.get(method))
+        if value is not None:
+            out[key] = value
     return out
 
 
@@ -94,27 +117,40 @@ def run_bench(
     if bad:
         raise DistillError(f"methods {bad} do not support modality {modality_name!r}; compatible: {', '.join(compatible)}")
 
-    noise, cond = noise_and_cond(modality, spec.n_samples, spec.seed, dev)
-    reference = modality.reference(spec.n_samples, torch.Generator().manual_seed(spec.seed + 1))
+    if spec.seeds < 1:
+        raise DistillError(f"BenchSpec.seeds must be at least 1; got {spec.seeds}")
+    draws = [noise_and_cond(modality, spec.n_samples, spec.seed + s, dev) for s in range(spec.seeds)]
+    reference = modality.reference(spec.n_samples, torch.Generator().manual_seed(spec.seed + REFERENCE_SEED_OFFSET))
+    usual_samples: list[torch.Tensor] = []  # the teacher's usual-setting samples, per seed
 
-    def score(samples: torch.Tensor) -> dict[str, Any]:
-        metrics = modality.evaluate(modality.decode(samples), reference, cond=cond)
-        if spec.metric_keys is not None:
-            metrics = {k: v for k, v in metrics.items() if k in spec.metric_keys}
-        return metrics
+    def measure(make_fn, label: str) -> tuple[int, float, dict[str, Any], list[torch.Tensor]]:
+        """Sample and score one row on every noise seed; returns nfe, ms/sample, metrics, samples."""
+        per_seed, times, outputs, nfe = [], [], [], 0
+        for s, (noise, cond) in enumerate(draws):
+            gen = generate(make_fn(s), noise, cond, spec.batch_size,
+                           label=label + (f" (seed {s + 1}/{spec.seeds})" if spec.seeds > 1 else ""), progress=progress)
+            samples = modality.decode(gen.samples)
+            context = {"teacher_samples": usual_samples[s]} if len(usual_samples) > s else {}
+            metrics = modality.evaluate(samples, reference, cond=cond, **context)
+            if context:
+                metrics["paired_rmse_vs_teacher"] = paired_rmse(samples, usual_samples[s])
+            if spec.metric_keys is not None:
+                metrics = {k: v for k, v in metrics.items() if k in spec.metric_keys or k.startswith("paired_")}
+            per_seed.append(metrics)
+            times.append(gen.ms_per_sample)
+            outputs.append(samples)
+            nfe = gen.nfe
+        return nfe, sum(times) / len(times), aggregate_seeds(per_seed, spec.std_keys), outputs
 
     rows: list[Row] = []
-    usual_samples = None
     settings = [dict(spec.usual, usual=True)] + [dict(s) for s in spec.teacher_rows if dict(s) != spec.usual]
     for setting in settings:
         usual = setting.pop("usual", False)
         name, k = setting.pop("sampler"), setting.pop("steps")
-        gen = generate(teacher_sample_fn(teacher, name, k, **setting), noise, cond, spec.batch_size,
-                       label=f"teacher {name} x{k}", progress=progress)
-        row = Row("teacher", k, gen.nfe, gen.ms_per_sample, score(gen.samples), {"sampler": name, "usual": usual})
+        nfe, ms, metrics, outputs = measure(lambda s: teacher_sample_fn(teacher, name, k, **setting), f"teacher {name} x{k}")
         if usual:
-            usual_samples = gen.samples
-        rows.append(row)
+            usual_samples = outputs
+        rows.append(Row("teacher", k, nfe, ms, metrics, {"sampler": name, "usual": usual}))
 
     tmp = Path(workdir or tempfile.mkdtemp(prefix="distill-bench-"))
     for method in chosen:
@@ -124,9 +160,7 @@ def run_bench(
             if method_cls.max_student_steps is not None and steps > method_cls.max_student_steps:
                 continue
             run_cfg = _merge(base, spec.method_configs.get(method, {}))
-            budget = spec.minutes.get(f"{method}@{steps}", spec.minutes.get(method))
-            if budget is not None:
-                run_cfg = _merge(run_cfg, {"trainer": {"max_minutes": budget}})
+            run_cfg = _merge(run_cfg, {"trainer": _budget(spec, method, steps)})
             run_cfg = _merge(run_cfg, {"method": method, "student": {"steps": steps},
                                        "output": {"dir": str(tmp / f"{method}-{steps}")},
                                        "trainer": {"progress": progress}})
@@ -138,11 +172,9 @@ def run_bench(
             seconds = time.perf_counter() - began
             module = run.module
             student = module.student_for_sampling(ema=True).to(dev).eval()
-            gen = generate(student_sample_fn(module.method, student, steps, seed=spec.seed), noise, cond,
-                           spec.batch_size, label=f"{method} x{steps}", progress=progress)
-            metrics = score(gen.samples)
-            metrics["paired_rmse_vs_teacher"] = paired_rmse(gen.samples, usual_samples)
-            rows.append(Row(method, steps, gen.nfe, gen.ms_per_sample, metrics, {
+            nfe, ms, metrics, _ = measure(lambda s: student_sample_fn(module.method, student, steps, seed=spec.seed + s),
+                                          f"{method} x{steps}")
+            rows.append(Row(method, steps, nfe, ms, metrics, {
                 "train_steps": int(module.distill_step), "train_seconds": round(seconds, 1)}))
     records = records_with_speedup(rows, rows[0].ms_per_sample)
     result = {
@@ -150,6 +182,7 @@ def run_bench(
         "quick": quick,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "n_samples": spec.n_samples,
+        "seeds": spec.seeds,
         "rows": records,
     }
     if out:
@@ -158,6 +191,24 @@ def run_bench(
         atomic_write_text(Path(markdown), markdown_table(result))
     _print(result)
     return result
+
+
+def aggregate_seeds(per_seed: list[dict[str, Any]], std_keys: list[str]) -> dict[str, Any]:
+    """Mean of each scalar metric over noise seeds, plus ``<key>_std`` (sample std, n-1) for
+    ``std_keys``; non-scalar metrics (lists) are kept from the first seed."""
+    if len(per_seed) == 1:
+        return dict(per_seed[0])
+    out: dict[str, Any] = {}
+    for key, first in per_seed[0].items():
+        values = [m.get(key) for m in per_seed]
+        if isinstance(first, (int, float)) and not isinstance(first, bool) and all(isinstance(v, (int, float)) for v in values):
+            mean = sum(values) / len(values)
+            out[key] = mean
+            if key in std_keys:
+                out[f"{key}_std"] = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        else:
+            out[key] = first
+    return out
 
 
 def markdown_table(result: dict[str, Any]) -> str:

@@ -92,7 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from distill.demo import run_demo
 
-    run_demo(minutes=args.minutes, device=args.device, out=args.out)
+    run_demo(minutes=args.minutes, device=args.device, out=args.out, modality=args.modality)
     return 0
 
 
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None, help="distillation budget")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default=None, help="run directory (default: runs/demo)")
+    p.add_argument("--modality", default=None, help="demo of this modality (default: image if installed, else toy)")
     p.set_defaults(fn=cmd_demo)
     return parser
 

@@ -34,7 +34,9 @@ class OptimConfig:
     betas: list[float] | None = None
     weight_decay: float | None = None
     grad_clip: float | None = None
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warm-up, in distillation steps
+    decay: str = "none"  # none | cosine | linear, from the end of warm-up to trainer.max_steps
+    final_lr_fraction: float = 0.0  # the decayed rate at max_steps, as a fraction of lr
 
 
 @dataclass

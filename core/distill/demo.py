@@ -1,56 +1,66 @@
 """``distill demo``: distil a bundled teacher into a one-step student and write a report.
 
-It needs no network, no GPU and no arguments. It uses the richest modality that is
-installed (the image plugin's digits teacher when present, else the toy modality's
-exact 8-mode mixture teacher), trains a one-step ``dmd2`` student within the time
-budget, then evaluates teacher and student from the same noise and writes
-``report.md`` with the table and pictures.
+It needs no network, no GPU and no arguments. Each modality that has a bundled teacher
+describes its demo with a classmethod ``demo_plan() -> DemoPlan``; the demo uses the
+first installed modality in :data:`PREFERENCE` (the image plugin's digits teacher when
+present, else the toy modality's exact 8-mode mixture teacher), trains a one-step
+``dmd2`` student within the time budget (its learning-rate decay spans that budget,
+so ``--minutes N`` anneals over N minutes), then evaluates teacher and student from
+the same noise and writes ``report.md`` with the table and pictures.
 """
 from __future__ import annotations
 
+import copy
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
 
-# Demo plans in order of preference: (modality, default minutes, run config).
-PLANS: list[tuple[str, float, dict[str, Any]]] = [
-    ("toy", 3.0, {
-        "modality": "toy",
-        "modality_args": {"dataset": "ring8"},
-        "method": "dmd2",
-        "method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow"},
-        "teacher": {"loader": "exact", "process": "flow"},
-        "teacher_sampler": {"name": "heun", "steps": 18},
-        "student": {"steps": 1},
-        "data": {"batch_size": 512},
-        "ema": {"half_life": 200},
-        "trainer": {"max_steps": 1_000_000, "log_every": 500, "checkpoint_every": 5000},
-        "eval": {"n_samples": 50_000, "steps": [1], "batch_size": 10_000},  # a one-step student
-    }),
-]
+PREFERENCE = ["image", "toy"]  # the richest demo first
 
 
-def run_demo(minutes: float | None = None, device: str = "cpu", out: str | None = None) -> Path:
-    from distill.config import _build_run
-    from distill.engine.run import train
+@dataclass
+class DemoPlan:
+    """What ``distill demo`` runs for a modality."""
+
+    minutes: float  # default distillation budget (wall clock)
+    config: dict[str, Any]  # the run config (RunConfig keys); trainer.max_minutes is set from the budget
+    teacher: str  # a few words naming the bundled teacher, for the console
+
+
+def choose_plan(modality: str | None = None) -> tuple[str, DemoPlan]:
+    """The (modality name, plan) the demo runs: ``modality`` if given, else the first preferred one installed."""
     from distill.plugins import get_manager
-    from distill.report import evaluate_run
 
     manager = get_manager()
-    plan = next((p for p in PLANS if p[0] in manager.modalities), None)
-    if plan is None:
-        raise DistillError("no demo modality is installed; run `make install` (it installs modalities/toy)")
-    name, default_minutes, config = plan
+    installed = [name for name in manager.modalities if hasattr(manager.modality(name), "demo_plan")]
+    if modality is not None:
+        if modality not in installed:
+            raise DistillError(f"modality {modality!r} has no demo here; modalities with a demo: {', '.join(installed) or 'none'}")
+        return modality, manager.modality(modality).demo_plan()
+    ordered = [n for n in PREFERENCE if n in installed] + sorted(n for n in installed if n not in PREFERENCE)
+    if not ordered:
+        raise DistillError("no modality with a demo is installed; run `make install` (it installs modalities/toy and modalities/image)")
+    return ordered[0], manager.modality(ordered[0]).demo_plan()
+
+
+def run_demo(minutes: float | None = None, device: str = "cpu", out: str | None = None,
+             modality: str | None = None) -> Path:
+    from distill.config import _build_run
+    from distill.engine.run import train
+    from distill.report import evaluate_run
+
+    name, plan = choose_plan(modality)
     run_dir = Path(out or "runs/demo")
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo always starts fresh
-    config = dict(config)
-    config["trainer"] = dict(config["trainer"], max_minutes=minutes or default_minutes,
+    config = copy.deepcopy(plan.config)
+    config["trainer"] = dict(config.get("trainer", {}), max_minutes=minutes or plan.minutes,
                              accelerator="gpu" if device == "cuda" else "cpu")
     config["output"] = {"dir": str(run_dir)}
-    print(f"distill demo: distilling the bundled {name} teacher into a one-step dmd2 student "
+    print(f"distill demo: distilling {plan.teacher} into a one-step {config['method']} student "
           f"for {config['trainer']['max_minutes']:g} minutes on {device}; run directory {run_dir}")
     train(_build_run(config))
     evaluate_run(run_dir)

@@ -60,7 +60,8 @@ def evaluate_run(run_dir: Path, n: int | None = None, steps: list[int] | None = 
         fn = teacher_sample_fn(run.teacher, name, k, **setting)
         gen = generate(fn, noise, cond, cfg.eval.batch_size, label=f"teacher {name} x{k}", progress=progress)
         samples = modality.decode(gen.samples)
-        metrics = modality.evaluate(samples, reference, cond=cond)
+        paired = {"teacher_samples": teacher_usual[1]} if teacher_usual is not None else {}
+        metrics = modality.evaluate(samples, reference, cond=cond, **paired)
         row = Row("teacher", k, gen.nfe, gen.ms_per_sample, metrics, {"sampler": name})
         if teacher_usual is None:
             teacher_usual = (row, samples)
@@ -72,7 +73,8 @@ def evaluate_run(run_dir: Path, n: int | None = None, steps: list[int] | None = 
         fn = student_sample_fn(run.method, run.student, k)
         gen = generate(fn, noise, cond, cfg.eval.batch_size, label=f"student x{k}", progress=progress)
         samples = modality.decode(gen.samples)
-        metrics = modality.evaluate(samples, reference, cond=cond)
+        paired = {"teacher_samples": teacher_usual[1]} if teacher_usual is not None else {}
+        metrics = modality.evaluate(samples, reference, cond=cond, **paired)
         if teacher_usual is not None:
             metrics["paired_rmse_vs_teacher"] = paired_rmse(samples, teacher_usual[1])
         else:
@@ -122,7 +124,7 @@ def _write_report(run, records: list[dict[str, Any]], pictures: list[Path], n: i
     ]
     for r in records:
         lines.append("| " + " | ".join(_fmt(r.get(k, "")) for k in header) + " |")
-    lines += ["", "`paired_rmse_vs_teacher`: RMS distance to the teacher's sample from the same noise.", ""]
+    lines += ["", "`paired_*`: distance to the teacher's sample from the same noise (its usual setting).", ""]
     for p in pictures:
         lines.append(f"![{p.stem}]({Path(p).relative_to(run.run_dir)})")
     metrics_file = Path(run.run_dir) / "metrics.jsonl"

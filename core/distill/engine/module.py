@@ -4,8 +4,8 @@
 method for its phases (which role to update, in order), and for each phase it
 turns gradients on for that role only, draws the phase's batch from a generator
 seeded by ``(seed, step, phase)``, computes the method's loss, backpropagates,
-all-reduces gradients across ranks, clips, and steps that role's optimiser and
-scheduler. It keeps its own step counter (``distill_step``): Lightning's
+all-reduces gradients across ranks, clips, and steps that role's optimiser at the
+rate :func:`distill.engine.schedule.lr_factor` gives for the current step. It keeps its own step counter (``distill_step``): Lightning's
 ``global_step`` counts every optimiser step, which is not a distillation step.
 
 The teacher is frozen and kept outside the module's state dict, so it is never
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import lightning.pytorch as pl
 from torch import nn
 
 from distill.denoiser import Denoiser
+from distill.engine.schedule import lr_factor
 from distill.errors import DistillError
 from distill.method import Batch, Losses, Method, ModelSpec, Role, Roles
 from distill.modality import Modality
@@ -64,6 +66,7 @@ class DistillModule(pl.LightningModule):
     def __init__(self, method: Method, modality: Modality, teacher: Denoiser, cfg: Any) -> None:
         super().__init__()
         self.automatic_optimization = False
+        self._time_fraction: float | None = None  # elapsed fraction of trainer.max_minutes (lr decay)
         self.method = method
         self.modality = modality
         self.cfg = cfg
@@ -150,18 +153,40 @@ class DistillModule(pl.LightningModule):
         return module.requires_grad_(True).train()
 
     def configure_optimizers(self):
-        optimizers, schedulers = [], []
+        optimizers = []
         self._opt_index = {}
         for index, (name, module) in enumerate(self.trained.items()):
             spec = self.role_specs[name]
             optimizer = torch.optim.AdamW(module.parameters(), lr=spec.lr, betas=spec.betas,
                                           weight_decay=spec.weight_decay, foreach=True)
-            warmup = self.cfg.optim[name].warmup_steps if name in self.cfg.optim else 0
-            schedule = (lambda w: (lambda k: min(1.0, (k + 1) / w)))(warmup) if warmup > 0 else (lambda k: 1.0)
             optimizers.append(optimizer)
-            schedulers.append(torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
             self._opt_index[name] = index
-        return optimizers, schedulers
+        for name in self.trained:  # a bad schedule fails here, before the first step
+            self._lr_factor(name, 0)
+        return optimizers
+
+    def _lr_factor(self, name: str, step: int) -> float:
+        """The learning-rate multiplier of role ``name`` at ``step`` (its ``optim.<role>`` schedule)."""
+        optim = self.cfg.optim.get(name)
+        if optim is None:
+            return 1.0
+        return lr_factor(step, warmup_steps=optim.warmup_steps, decay=optim.decay,
+                         total_steps=self.cfg.trainer.max_steps, final_fraction=optim.final_lr_fraction,
+                         time_fraction=self._time_fraction)
+
+    def on_train_start(self) -> None:
+        self._started = time.monotonic()
+
+    def _update_time_fraction(self) -> None:
+        """Elapsed fraction of ``trainer.max_minutes`` (None without a time budget), the same on every rank."""
+        minutes = self.cfg.trainer.max_minutes
+        if not minutes:
+            self._time_fraction = None
+            return
+        fraction = (time.monotonic() - getattr(self, "_started", time.monotonic())) / (60.0 * minutes)
+        if self._trainer is not None and self.trainer.world_size > 1:  # one clock for all ranks: rank 0's
+            fraction = float(self.trainer.strategy.broadcast(fraction, src=0))
+        self._time_fraction = fraction
 
     # --- device placement of the frozen teacher ------------------------------
     def setup(self, stage: str) -> None:
@@ -233,9 +258,8 @@ class DistillModule(pl.LightningModule):
         step = int(self.distill_step)
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        schedulers = self.lr_schedulers()
-        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
         logs: dict[str, float] = {}
+        self._update_time_fraction()
         for phase_index, phase in enumerate(self.method.phases(step)):
             names = self.method.phase_roles(phase)
             unknown = [n for n in names if n not in self.trained]
@@ -255,9 +279,13 @@ class DistillModule(pl.LightningModule):
                 params = [p for p in module.parameters() if p.grad is not None]
                 norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else math.inf)
                 self._check_finite(norm.detach(), f"the {name} gradient norm", phase, step, losses)
-                optimizers[self._opt_index[name]].step()
-                schedulers[self._opt_index[name]].step()
+                optimizer = optimizers[self._opt_index[name]]
+                factor = self._lr_factor(name, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = self.role_specs[name].lr * factor
+                optimizer.step()
                 logs[f"{name}/grad_norm"] = float(norm)
+                logs[f"{name}/lr"] = self.role_specs[name].lr * factor
             for key, value in losses.detached().items():
                 logs[f"{phase}/{key}"] = value
         self._set_trainable([])

@@ -103,6 +103,13 @@ class ToyModality(Modality):
 
         return benchmark(quick)
 
+    @classmethod
+    def demo_plan(cls):
+        """What ``distill demo --modality toy`` runs (see :func:`distill_toy.bench.demo_plan`)."""
+        from distill_toy.bench import demo_plan
+
+        return demo_plan()
+
     # --- evaluation -------------------------------------------------------------
     def evaluate(self, samples: torch.Tensor, reference: Any, **context: Any) -> dict[str, Any]:
         """Quality of ``samples`` against ``reference`` (a DataBatch or tensor of real samples).

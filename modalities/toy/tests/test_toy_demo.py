@@ -10,7 +10,7 @@ from distill.demo import run_demo
 
 @pytest.mark.slow
 def test_demo_writes_report(tmp_path):
-    run_dir = run_demo(minutes=0.05, out=str(tmp_path / "demo"))
+    run_dir = run_demo(minutes=0.05, out=str(tmp_path / "demo"), modality="toy")
     report = (run_dir / "report.md").read_text()
     assert "| teacher | heun | 18 | 35 |" in report and "| dmd2 |" in report
     assert (run_dir / "samples" / "comparison.png").is_file()
