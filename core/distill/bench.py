@@ -66,10 +66,11 @@ class BenchSpec:
     default_steps: list[int] = field(default_factory=lambda: [1])
 
 
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b`` merged into a copy of ``a``, nested dicts key by key (b wins)."""
     out = copy.deepcopy(a)
     for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 
@@ -102,10 +103,10 @@ def run_bench(
     if not hasattr(modality_cls, "benchmark"):
         raise DistillError(f"modality {modality_name!r} defines no benchmark (Modality.benchmark)")
     spec: BenchSpec = modality_cls.benchmark(quick)
-    base = _merge(spec.base_config, {"modality": modality_name})
+    base = deep_merge(spec.base_config, {"modality": modality_name})
     if device == "cuda":
-        base = _merge(base, {"trainer": {"accelerator": "gpu"}})
-    cfg0 = _build_run(_merge(base, {"method": "kd"}))
+        base = deep_merge(base, {"trainer": {"accelerator": "gpu"}})
+    cfg0 = _build_run(deep_merge(base, {"method": "kd"}))
     modality = build_modality(cfg0)
     teacher = load_teacher(cfg0, modality)
     dev = torch.device("cuda" if device == "cuda" else "cpu")
@@ -159,9 +160,9 @@ def run_bench(
         for steps in steps_list:
             if method_cls.max_student_steps is not None and steps > method_cls.max_student_steps:
                 continue
-            run_cfg = _merge(base, spec.method_configs.get(method, {}))
-            run_cfg = _merge(run_cfg, {"trainer": _budget(spec, method, steps)})
-            run_cfg = _merge(run_cfg, {"method": method, "student": {"steps": steps},
+            run_cfg = deep_merge(base, spec.method_configs.get(method, {}))
+            run_cfg = deep_merge(run_cfg, {"trainer": _budget(spec, method, steps)})
+            run_cfg = deep_merge(run_cfg, {"method": method, "student": {"steps": steps},
                                        "output": {"dir": str(tmp / f"{method}-{steps}")},
                                        "trainer": {"progress": progress}})
             cfg = _build_run(run_cfg)

@@ -276,6 +276,21 @@ class ImageModality(Modality):
             )
         return {"loader": "safetensors", "path": str(TEACHER_FILE)}
 
+    # --- benchmark ----------------------------------------------------------------
+    @classmethod
+    def benchmark(cls, quick: bool = False):
+        """The spec of ``distill bench image`` (see :mod:`distill_image.bench`)."""
+        from distill_image.bench import benchmark
+
+        return benchmark(quick)
+
+    @classmethod
+    def demo_plan(cls):
+        """What ``distill demo`` runs (see :func:`distill_image.bench.demo_plan`)."""
+        from distill_image.bench import demo_plan
+
+        return demo_plan()
+
     # --- evaluation and output --------------------------------------------------
     def evaluate(self, samples: torch.Tensor, reference: Any, cond: Any = None, **context: Any) -> dict[str, Any]:
         """Image metrics of ``samples`` against ``reference``, from ``distill_image.metrics.image_metrics``.
