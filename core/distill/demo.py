@@ -60,7 +60,7 @@ def run_demo(minutes: float | None = None, device: str = "cpu", out: str | None 
     config["trainer"] = dict(config.get("trainer", {}), max_minutes=minutes or plan.minutes,
                              accelerator="gpu" if device == "cuda" else "cpu")
     config["output"] = {"dir": str(run_dir)}
-    print(f"distill demo: distilling {plan.teacher} into a one-step {config['method']} student "
+    print(f"distill demo ({name}): distilling {plan.teacher} into a one-step {config['method']} student "
           f"for {config['trainer']['max_minutes']:g} minutes on {device}; run directory {run_dir}")
     train(_build_run(config))
     evaluate_run(run_dir)

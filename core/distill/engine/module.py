@@ -5,8 +5,9 @@ method for its phases (which role to update, in order), and for each phase it
 turns gradients on for that role only, draws the phase's batch from a generator
 seeded by ``(seed, step, phase)``, computes the method's loss, backpropagates,
 all-reduces gradients across ranks, clips, and steps that role's optimiser at the
-rate :func:`distill.engine.schedule.lr_factor` gives for the current step. It keeps its own step counter (``distill_step``): Lightning's
-``global_step`` counts every optimiser step, which is not a distillation step.
+rate :func:`distill.engine.schedule.lr_factor` gives for the current step. It keeps
+its own step counter (``distill_step``): Lightning's ``global_step`` counts every
+optimiser step, which is not a distillation step.
 
 The teacher is frozen and kept outside the module's state dict, so it is never
 written into checkpoints. A non-finite loss or gradient stops the run with a
