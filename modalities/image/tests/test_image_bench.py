@@ -56,7 +56,7 @@ def test_bundled_teacher_is_small_documented_and_draws_the_asked_digit():
     teacher = load_teacher(cfg, modality).eval()
     noise, cond = noise_and_cond(modality, 200, seed=7)
     with torch.no_grad():
-        samples = teacher_sample_fn(teacher, "heun", 18)(noise, cond).x
+        samples = teacher_sample_fn(teacher, "heun", 18)(noise, cond).x0
     metrics = image_metrics(samples, modality.reference(200), cond=cond)
     # The classifier is 99.7 % accurate on held-out digits; a working teacher draws the asked
     # digit nearly always (measured 0.97+ on 5,000 samples); 200 samples put the 95 % interval
