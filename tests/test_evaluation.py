@@ -41,3 +41,17 @@ def test_speedup_records_and_paired_rmse():
     assert [r["speedup_vs_teacher"] for r in records] == [1.0, 4.0]
     a = torch.zeros(3, 2)
     assert paired_rmse(a, a + 2.0) == 2.0
+
+
+def test_score_adds_paired_metrics_only_against_a_baseline():
+    from distill.evaluation import score
+
+    class Recorder:
+        def evaluate(self, samples, reference, cond=None, **context):
+            self.context = context
+            return {"n": samples.shape[0]}
+
+    m, x = Recorder(), torch.zeros(4, 2)
+    assert score(m, x, None) == {"n": 4} and m.context == {}
+    out = score(m, x, None, baseline=torch.ones(4, 2))
+    assert out == {"n": 4, "paired_rmse_vs_teacher": 1.0} and torch.equal(m.context["teacher_samples"], torch.ones(4, 2))

@@ -29,8 +29,8 @@ from distill.evaluation import (
     Row,
     generate,
     noise_and_cond,
-    paired_rmse,
     records_with_speedup,
+    score,
     student_sample_fn,
     teacher_sample_fn,
 )
@@ -131,10 +131,7 @@ def run_bench(
             gen = generate(make_fn(s), noise, cond, spec.batch_size,
                            label=label + (f" (seed {s + 1}/{spec.seeds})" if spec.seeds > 1 else ""), progress=progress)
             samples = modality.decode(gen.samples)
-            context = {"teacher_samples": usual_samples[s]} if len(usual_samples) > s else {}
-            metrics = modality.evaluate(samples, reference, cond=cond, **context)
-            if context:
-                metrics["paired_rmse_vs_teacher"] = paired_rmse(samples, usual_samples[s])
+            metrics = score(modality, samples, reference, cond, usual_samples[s] if len(usual_samples) > s else None)
             if spec.metric_keys is not None:
                 metrics = {k: v for k, v in metrics.items() if k in spec.metric_keys or k.startswith("paired_")}
             per_seed.append(metrics)

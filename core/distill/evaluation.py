@@ -52,6 +52,17 @@ def paired_rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).pow(2).flatten(1).mean(dim=1).mean().sqrt())
 
 
+def score(modality: Modality, samples: torch.Tensor, reference: Any, cond: Any = None,
+          baseline: torch.Tensor | None = None) -> dict[str, Any]:
+    """``modality.evaluate`` of decoded ``samples``; with ``baseline`` (the teacher's usual-setting
+    samples from the same noise) also the modality's paired metrics and ``paired_rmse_vs_teacher``."""
+    if baseline is None:
+        return modality.evaluate(samples, reference, cond=cond)
+    metrics = modality.evaluate(samples, reference, cond=cond, teacher_samples=baseline)
+    metrics["paired_rmse_vs_teacher"] = paired_rmse(samples, baseline)
+    return metrics
+
+
 def records_with_speedup(rows: list[Row], base_ms: float) -> list[dict[str, Any]]:
     """Rows as dicts with ``speedup_vs_teacher = base_ms / ms_per_sample`` (same-process ratio)."""
     records = []

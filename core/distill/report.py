@@ -19,8 +19,8 @@ from distill.evaluation import (
     Row,
     generate,
     noise_and_cond,
-    paired_rmse,
     records_with_speedup,
+    score,
     student_sample_fn,
     teacher_sample_fn,
 )
@@ -60,24 +60,18 @@ def evaluate_run(run_dir: Path, n: int | None = None, steps: list[int] | None = 
         fn = teacher_sample_fn(run.teacher, name, k, **setting)
         gen = generate(fn, noise, cond, cfg.eval.batch_size, label=f"teacher {name} x{k}", progress=progress)
         samples = modality.decode(gen.samples)
-        paired = {"teacher_samples": teacher_usual[1]} if teacher_usual is not None else {}
-        metrics = modality.evaluate(samples, reference, cond=cond, **paired)
+        metrics = score(modality, samples, reference, cond, teacher_usual[1] if teacher_usual else None)
         row = Row("teacher", k, gen.nfe, gen.ms_per_sample, metrics, {"sampler": name})
         if teacher_usual is None:
             teacher_usual = (row, samples)
-        else:
-            row.metrics["paired_rmse_vs_teacher"] = paired_rmse(samples, teacher_usual[1])
         rows.append(row)
         panels[f"teacher {name}, {gen.nfe} NFE"] = samples
     for k in steps:
         fn = student_sample_fn(run.method, run.student, k)
         gen = generate(fn, noise, cond, cfg.eval.batch_size, label=f"student x{k}", progress=progress)
         samples = modality.decode(gen.samples)
-        paired = {"teacher_samples": teacher_usual[1]} if teacher_usual is not None else {}
-        metrics = modality.evaluate(samples, reference, cond=cond, **paired)
-        if teacher_usual is not None:
-            metrics["paired_rmse_vs_teacher"] = paired_rmse(samples, teacher_usual[1])
-        else:
+        metrics = score(modality, samples, reference, cond, teacher_usual[1] if teacher_usual else None)
+        if teacher_usual is None:
             teacher_usual = (Row(cfg.method, k, gen.nfe, gen.ms_per_sample), samples)  # the baseline row
         rows.append(Row(cfg.method, k, gen.nfe, gen.ms_per_sample, metrics, {"sampler": "student"}))
         panels[f"student ({cfg.method}), {gen.nfe} NFE"] = samples
