@@ -60,6 +60,10 @@ class Role:
     grad_clip: float | None = 1.0
     denoiser: bool = True  # wrap in a Denoiser over the teacher's process (False for heads)
     prediction: str | None = None  # prediction type for fresh denoisers; None = the teacher's
+    # Extra scalar inputs the role's network reads besides t (e.g. ("r",) for a flow map):
+    # see distill.nets.embeddings. Teacher-initialised roles gain them with zero-initialised
+    # embeddings, so they start as exact copies of the teacher.
+    extra_inputs: tuple[str, ...] = ()
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """dmd2: the student's gradient is the normalised score difference; phases; GAN head; multistep."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from distill import Batch, Denoiser, Roles, make_process
+from distill.errors import DistillError
+from distill.method import Method
 from distill.methods.dmd2 import DMD2
 from distill.process.mixture import GaussianMixture
 from tests.fixtures.exact import ExactNet
@@ -101,3 +104,41 @@ def test_critic_target_is_the_native_prediction():
     x_t = process.add_noise(x0, eps, t)
     target = eps - x0  # flow velocity of alpha = 1 - t, sigma = t
     assert torch.allclose(loss, (critic_net(x_t) - target).pow(2).mean(), rtol=1e-5)
+
+
+def _recording_logits(method, seen):
+    """Stand in for the discriminator (the exact networks have no feature layers)."""
+    def logits(roles, x_t, t, cond):
+        seen.append(t.clone())
+        return x_t.sum(dim=1)  # any differentiable logit: this test looks at the times only
+    method._logits = logits
+
+
+def test_gan_terms_draw_times_from_their_own_range():
+    process = make_process("flow")
+    roles = make_roles(process)
+    method = DMD2(DMD2.Options(gan_weight=0.01, t_lo=0.5, t_hi=0.98, gan_t_lo=0.0, gan_t_hi=0.1))
+    Method.setup(method, roles, None)
+    seen = []
+    _recording_logits(method, seen)
+    batch = Batch(noise=torch.randn(32, 2), x0=torch.randn(32, 2), generator=torch.Generator().manual_seed(2))
+    critic = method.loss("critic", batch, roles)
+    student = method.loss("student", batch, roles)
+    assert {"denoise", "discriminator"} <= set(critic.terms) and "gan" in student.terms
+    assert len(seen) == 3  # fake and real in the critic phase, generated in the student phase
+    span = process.t_max - process.t_min
+    for t in seen:
+        assert bool((t >= process.t_min).all()) and bool((t <= process.t_min + 0.1 * span + 1e-6).all())
+
+
+def test_gan_shares_the_dm_times_by_default():
+    process = make_process("flow")
+    roles = make_roles(process)
+    method = DMD2(DMD2.Options(gan_weight=0.01, t_lo=0.5, t_hi=0.98))
+    Method.setup(method, roles, None)
+    seen = []
+    _recording_logits(method, seen)
+    method.loss("student", Batch(noise=torch.randn(32, 2), generator=torch.Generator().manual_seed(4)), roles)
+    assert bool((seen[0] >= process.t_min + 0.5 * (process.t_max - process.t_min) - 1e-6).all())
+    with pytest.raises(DistillError, match="gan_t_lo"):
+        DMD2(DMD2.Options(gan_t_lo=0.3, gan_t_hi=0.2))

@@ -49,7 +49,7 @@ def test_cache_holds_teacher_pairs():
     roles = Roles({"teacher": teacher, "student": Denoiser(Echo(), process, "x0")})
     method = KD(KD.Options(pairs="cached", cache_size=100, cache_batch=40, teacher_steps=4))
     method.setup(roles, Plane())
-    noises, targets, cond = method.cache
+    noises, targets, cond = method.cache.noise, method.cache.x0, method.cache.cond
     assert noises.shape == targets.shape == (100, 2) and cond is None
     again = heun(teacher, noises[:10], timesteps=sampling_schedule(process, 4)).x0
     assert torch.allclose(targets[:10], again, atol=1e-6)

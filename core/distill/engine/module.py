@@ -30,6 +30,7 @@ from distill.engine.schedule import lr_factor
 from distill.errors import DistillError
 from distill.method import Batch, Losses, Method, ModelSpec, Role, Roles
 from distill.modality import Modality
+from distill.nets.embeddings import with_extra_inputs
 
 
 class NonFiniteError(DistillError):
@@ -138,8 +139,12 @@ class DistillModule(pl.LightningModule):
                     f"({type(self.teacher.net).__name__}) has no weights; set the role's init to 'fresh'"
                 )
             module = copy.deepcopy(self.teacher)
+            if role.extra_inputs:
+                module.net = with_extra_inputs(self.teacher.net, role.extra_inputs)
         elif init == "fresh":
             overrides = dict(self.cfg.student.network) if role.name == "student" else {}
+            if role.extra_inputs:
+                overrides["extra_inputs"] = list(role.extra_inputs)
             net = self.modality.build_network(role.name, **overrides)
             if not role.denoiser:
                 return net
@@ -147,6 +152,8 @@ class DistillModule(pl.LightningModule):
             module = Denoiser(net, spec.process, prediction=role.prediction or spec.prediction, time_input=spec.time_input)
         elif init == "student":
             module = copy.deepcopy(self.trained["student"])
+            if role.extra_inputs:
+                module.net = with_extra_inputs(module.net, role.extra_inputs)
         elif init == "method":
             module = self.method.build_role(role, Roles({**self._frozen, **dict(self.trained.items())}), self.modality)
         else:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from distill.hookspecs import hookimpl
 from distill.methods.diffusion import Diffusion
+from distill.methods.dmd import DMD
 from distill.methods.dmd2 import DMD2
 from distill.methods.kd import KD
 
-BUILTIN_METHODS = [KD, DMD2, Diffusion]
+BUILTIN_METHODS = [KD, DMD, DMD2, Diffusion]
 
 
 @hookimpl

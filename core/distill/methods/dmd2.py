@@ -52,6 +52,8 @@ class DMD2(Method):
         backward_simulation: bool = True
         gan_weight: float = 0.0  # generator's GAN weight (DMD2: 3e-3); > 0 needs real data
         gan_critic_weight: float = 1.0  # discriminator loss weight in the critic phase
+        gan_t_lo: float | None = None  # the GAN's own time range (None: t_lo, t_hi); real and generated
+        gan_t_hi: float | None = None  # samples differ mostly at low noise (docs/methods/dmd2.md)
         feature_layer: str | None = None  # critic layer the head reads (None: its last feature layer)
         discriminator_lr: float | None = None  # None: critic_lr
 
@@ -62,6 +64,8 @@ class DMD2(Method):
             raise DistillError("dmd2: critic_updates must be at least 1")
         if not 0.0 <= o.t_lo < o.t_hi <= 1.0:
             raise DistillError(f"dmd2: need 0 <= t_lo < t_hi <= 1, got t_lo={o.t_lo}, t_hi={o.t_hi}")
+        if not 0.0 <= self._gan_range[0] < self._gan_range[1] <= 1.0:
+            raise DistillError(f"dmd2: need 0 <= gan_t_lo < gan_t_hi <= 1, got {self._gan_range}")
         self.student_steps = 1
 
     @property
@@ -95,10 +99,23 @@ class DMD2(Method):
             self.feature_layer, _ = pick_feature_layer(roles.critic.net, self.options.feature_layer)
 
     # --- pieces ------------------------------------------------------------------
-    def _times(self, batch: Batch) -> torch.Tensor:
+    @property
+    def _gan_range(self) -> tuple[float, float]:
+        o = self.options
+        return (o.t_lo if o.gan_t_lo is None else o.gan_t_lo, o.t_hi if o.gan_t_hi is None else o.gan_t_hi)
+
+    def _times(self, batch: Batch, lo: float | None = None, hi: float | None = None) -> torch.Tensor:
         o, p = self.options, self.process
-        u = o.t_lo + (o.t_hi - o.t_lo) * batch.rand(batch.size)
+        lo, hi = (o.t_lo, o.t_hi) if lo is None else (lo, hi)
+        u = lo + (hi - lo) * batch.rand(batch.size)
         return p.t_min + u * (p.t_max - p.t_min)
+
+    def _gan_times(self, batch: Batch, t: torch.Tensor) -> torch.Tensor:
+        """The DM loss's times when the GAN shares its range (no extra draw), else fresh ones."""
+        o = self.options
+        if o.gan_t_lo is None and o.gan_t_hi is None:
+            return t
+        return self._times(batch, *self._gan_range)
 
     def _noised(self, x0: torch.Tensor, batch: Batch, t: torch.Tensor) -> torch.Tensor:
         return self.process.add_noise(x0, batch.randn_like(x0), t)
@@ -151,8 +168,9 @@ class DMD2(Method):
         terms = {"dm": dm}
         total = dm
         if o.gan_weight > 0:
-            x_t = self._noised(x0, batch, t)
-            gan = F.softplus(-self._logits(roles, x_t, t, batch.cond)).mean()
+            t_gan = self._gan_times(batch, t)
+            x_t = self._noised(x0, batch, t_gan)
+            gan = F.softplus(-self._logits(roles, x_t, t_gan, batch.cond)).mean()
             terms["gan"] = gan
             total = total + o.gan_weight * gan
         return Losses(total=total, terms=terms)
@@ -170,9 +188,11 @@ class DMD2(Method):
         if o.gan_weight > 0:
             if batch.x0 is None:
                 raise DistillError("dmd2 with gan_weight > 0 needs real data, but the batch has none")
-            real_t = self._noised(batch.x0, batch, t)
-            fake_logits = self._logits(roles, x_t, t, batch.cond)
-            real_logits = self._logits(roles, real_t, t, batch.cond)
+            t_gan = self._gan_times(batch, t)
+            fake_t = x_t if t_gan is t else self._noised(x0, batch, t_gan)
+            real_t = self._noised(batch.x0, batch, t_gan)
+            fake_logits = self._logits(roles, fake_t, t_gan, batch.cond)
+            real_logits = self._logits(roles, real_t, t_gan, batch.cond)
             disc = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
             terms["discriminator"] = disc
             total = total + o.gan_critic_weight * disc

@@ -23,6 +23,7 @@ embedding. Rules:
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -31,7 +32,7 @@ from torch import nn
 
 from distill.errors import DistillError
 
-__all__ = ["sinusoidal_embedding", "SinusoidalEmbedding", "ScalarConditioning", "ExtraInputError"]
+__all__ = ["sinusoidal_embedding", "SinusoidalEmbedding", "ScalarConditioning", "ExtraInputError", "with_extra_inputs"]
 
 
 class ExtraInputError(DistillError, TypeError):
@@ -129,3 +130,31 @@ class ScalarConditioning(nn.Module):
                 v = v.expand(emb.shape[0])
             emb = emb + self.embeds[name](v)
         return emb
+
+
+def with_extra_inputs(net: nn.Module, names: tuple[str, ...] | list[str]) -> nn.Module:
+    """A copy of reference network ``net`` that also reads the extra scalars ``names``.
+
+    The copy is rebuilt from ``net.config`` with the union of its declared and the
+    new names, and takes every weight of ``net``; the new embeddings start at zero
+    (see the module docstring), so the copy computes exactly what ``net`` does until
+    it is trained. This is how a student initialised from a teacher gains a second
+    time ``r``, a step size ``d`` or a guidance scale ``w``.
+    """
+    names = tuple(names)
+    declared = tuple(getattr(net, "extra_inputs", ()))
+    if not names or set(names) <= set(declared):
+        return copy.deepcopy(net)
+    config = getattr(net, "config", None)
+    if not isinstance(config, dict) or "extra_inputs" not in config:
+        raise DistillError(
+            f"{type(net).__name__} cannot take extra inputs {names}: only the reference networks of "
+            "distill.nets (built with an `extra_inputs` argument) can; give the role a fresh reference network"
+        )
+    wanted = declared + tuple(n for n in names if n not in declared)
+    rebuilt = type(net)(**{**config, "extra_inputs": list(wanted)})
+    result = rebuilt.load_state_dict(net.state_dict(), strict=False)
+    stray = [k for k in result.missing_keys if not k.startswith("extras.")] + list(result.unexpected_keys)
+    if stray:
+        raise DistillError(f"rebuilding {type(net).__name__} with extra inputs {names} changed its weights: {stray[:5]}")
+    return rebuilt.to(next(net.parameters()).device)
