@@ -68,7 +68,20 @@ class EMAConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # evaluate every N steps during training (0: only at the end)
+    every: int = 0  # training diagnostics every N steps (0: none): diversity, collapse alarm, pictures
+    collapse_fraction: float = 0.5  # alarm when the student's diversity < this fraction of the teacher's
+    diagnostics_samples: int = 64  # samples per diagnostic check
+    diagnostics_t: float = 0.5  # noise level of the teacher/critic views, as a fraction of [t_min, t_max]
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise DistillError(f"eval.every must be >= 0 (0 turns the training diagnostics off), got {self.every}")
+        if not 0.0 < self.collapse_fraction <= 1.0:
+            raise DistillError(f"eval.collapse_fraction must be in (0, 1], got {self.collapse_fraction}")
+        if self.diagnostics_samples < 2:
+            raise DistillError(f"eval.diagnostics_samples must be at least 2 (diversity compares pairs), got {self.diagnostics_samples}")
+        if not 0.0 <= self.diagnostics_t <= 1.0:
+            raise DistillError(f"eval.diagnostics_t must be a fraction in [0, 1], got {self.diagnostics_t}")
     n_samples: int = 4096
     steps: list[int] = field(default_factory=lambda: [1])
     batch_size: int = 4096

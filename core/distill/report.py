@@ -76,22 +76,54 @@ def evaluate_run(run_dir: Path, n: int | None = None, steps: list[int] | None = 
         rows.append(Row(cfg.method, k, gen.nfe, gen.ms_per_sample, metrics, {"sampler": "student"}))
         panels[f"student ({cfg.method}), {gen.nfe} NFE"] = samples
     records = records_with_speedup(rows, teacher_usual[0].ms_per_sample)
-    pictures = _pictures(modality, panels, samples_dir, cond)
+    pictures = save_panels(modality, panels, samples_dir, cond)
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps({"rows": records}, indent=2))
     _write_report(run, records, pictures, n)
     _print_rows(records)
     return records
 
 
-def _pictures(modality, panels: dict[str, torch.Tensor], samples_dir: Path, cond: Any = None) -> list[Path]:
+def save_panels(modality, panels: dict[str, torch.Tensor], samples_dir: Path, cond: Any = None,
+                name: str = "comparison") -> list[Path]:
+    """``panels`` side by side in ``samples_dir/<name>.png`` (the modality's comparison writer),
+    or one ``save_samples`` file per panel for a modality without one."""
     samples_dir.mkdir(parents=True, exist_ok=True)
     compare = getattr(modality, "save_comparison", None)
     if compare is not None:
-        return list(compare(panels, samples_dir / "comparison.png", cond=cond) or [samples_dir / "comparison.png"])
+        target = samples_dir / f"{name}.png"
+        return list(compare(panels, target, cond=cond) or [target])
     files: list[Path] = []
     for i, (title, samples) in enumerate(panels.items()):
-        files.extend(modality.save_samples(samples, samples_dir / f"panel{i}.png", title=title, cond=cond))
+        files.extend(modality.save_samples(samples, samples_dir / f"{name}_panel{i}.png", title=title, cond=cond))
     return files
+
+
+def diagnostics_section(run_dir: Path) -> list[str]:
+    """Report lines on the training diagnostics in ``metrics.jsonl`` (empty when there were none)."""
+    metrics_file = Path(run_dir) / "metrics.jsonl"
+    if not metrics_file.is_file():
+        return []
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    checks = [r for r in records if "diagnostics/diversity" in r]
+    if not checks:
+        return []
+    lines = ["", "## Training diagnostics", ""]
+    alarms = [r for r in checks if r.get("diagnostics/collapse")]
+    if alarms:
+        steps = ", ".join(str(r["step"]) for r in alarms)
+        lines.append(f"**Collapse alarm** at step(s) {steps}: the student's sample diversity fell below "
+                     "`eval.collapse_fraction` of the teacher's (see `metrics.jsonl`, `diagnostics/*`).")
+    else:
+        lines.append("No collapse alarm: the student's sample diversity stayed above `eval.collapse_fraction` of the teacher's.")
+    if any("diagnostics/diversity_ratio" in r for r in checks):
+        trend = ", ".join(f"{r['step']}: {r['diagnostics/diversity_ratio']:.2f}" for r in checks[-8:])
+        lines += ["", f"Diversity relative to the teacher (step: ratio): {trend}."]
+    pictures = sorted((Path(run_dir) / "samples" / "diagnostics").glob("step_*"))
+    if pictures:
+        last = pictures[-1]
+        lines += ["", "Student samples, and the teacher's and critic's x0 predictions of them re-noised, at the last check:",
+                  "", f"![{last.stem}]({last.relative_to(run_dir)})"]
+    return lines
 
 
 def _write_report(run, records: list[dict[str, Any]], pictures: list[Path], n: int) -> None:
@@ -121,6 +153,7 @@ def _write_report(run, records: list[dict[str, Any]], pictures: list[Path], n: i
     lines += ["", "`paired_*`: distance to the teacher's sample from the same noise (its usual setting).", ""]
     for p in pictures:
         lines.append(f"![{p.stem}]({Path(p).relative_to(run.run_dir)})")
+    lines += diagnostics_section(run.run_dir)
     metrics_file = Path(run.run_dir) / "metrics.jsonl"
     if metrics_file.is_file():
         last = metrics_file.read_text().strip().splitlines()[-1:]

@@ -86,6 +86,7 @@ def build_run(cfg: RunConfig) -> Run:
 def make_trainer(cfg: RunConfig, run_dir: Path, extra_callbacks: list[Any] = ()) -> pl.Trainer:
     """Lightning Trainer from ``cfg.trainer``: precision, strategy, devices, callbacks."""
     from distill.engine.callbacks import JsonlMetrics, RanksInSync, RunCheckpoint
+    from distill.engine.diagnostics import Diagnostics
     from distill.engine.ema import StudentEMA
     from distill.engine.io import AtomicCheckpointIO
     from distill.engine.strategies import RoleDDPStrategy, RoleFSDPStrategy
@@ -109,6 +110,10 @@ def make_trainer(cfg: RunConfig, run_dir: Path, extra_callbacks: list[Any] = ())
     callbacks: list[Any] = [RunCheckpoint(run_dir, t.checkpoint_every), JsonlMetrics(run_dir, t.log_every), RanksInSync()]
     if cfg.ema.half_life:
         callbacks.insert(0, StudentEMA(cfg.ema.half_life))
+    if cfg.eval.every:
+        e = cfg.eval
+        callbacks.append(Diagnostics(run_dir, e.every, n=e.diagnostics_samples, fraction=e.collapse_fraction,
+                                     t_fraction=e.diagnostics_t, seed=e.seed))
     if t.progress:
         from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
         try:

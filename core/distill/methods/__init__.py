@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 from distill.hookspecs import hookimpl
+from distill.methods.cd import CD, LCM
 from distill.methods.diffusion import Diffusion
 from distill.methods.dmd import DMD
 from distill.methods.dmd2 import DMD2
 from distill.methods.kd import KD
+from distill.methods.meanflow import MeanFlow
+from distill.methods.progressive import Progressive
+from distill.methods.reflow import Reflow
+from distill.methods.scm import SCM
 
-BUILTIN_METHODS = [KD, DMD, DMD2, Diffusion]
+BUILTIN_METHODS = [KD, DMD, DMD2, Diffusion, CD, LCM, Progressive, Reflow, MeanFlow, SCM]
 
 
 @hookimpl

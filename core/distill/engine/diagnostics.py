@@ -1,0 +1,162 @@
+"""Training diagnostics for every method: what the student draws, what the scores see, collapse alarm.
+
+Every ``eval.every`` distillation steps (rank 0) the callback
+
+* samples the student (the trained weights, not the EMA: a collapse shows there
+  first) from a fixed noise and conditioning, at its training step count;
+* re-noises those samples to one fixed time (``eval.diagnostics_t``, a fraction of
+  ``[t_min, t_max]``) and asks the teacher and, when the method has one, the critic
+  for their x0 predictions: side by side with the samples, in a picture under
+  ``samples/diagnostics/`` (the modality's comparison writer). For distribution
+  matching, the student's update is the difference of the last two panels;
+* measures **sample diversity**, the mean pairwise Euclidean distance between the
+  samples (or the modality's own ``diversity(samples)`` when it has one), and
+  compares it with the teacher's samples from the same noise (its usual sampler,
+  drawn once at the start). When the student's diversity falls below
+  ``eval.collapse_fraction`` of the teacher's, the **collapse alarm** fires: a
+  warning in the log, ``diagnostics/collapse: true`` in ``metrics.jsonl``, and a
+  section in ``report.md``. Mode collapse and saturation both shrink diversity;
+  distribution-matching students collapse when their critic drifts (Yin et al.
+  2024, DMD2 sec. 4.2).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from distill.denoiser import Denoiser
+from distill.engine.callbacks import write_jsonl
+from distill.evaluation import noise_and_cond, teacher_sample_fn
+
+log = logging.getLogger("distill")
+
+DIAGNOSTICS_SEED_OFFSET = 4_000_037  # the diagnostic noise differs from the evaluation noise
+
+
+def pairwise_diversity(samples: torch.Tensor) -> float:
+    """Mean Euclidean distance over all pairs ``i != j`` of flattened samples."""
+    flat = samples.detach().float().reshape(samples.shape[0], -1)
+    n = flat.shape[0]
+    if n < 2:
+        raise ValueError("diversity needs at least two samples")
+    distances = torch.cdist(flat, flat)
+    return float(distances.sum() / (n * (n - 1)))
+
+
+def diversity(modality: Any, samples: torch.Tensor) -> float:
+    custom = getattr(modality, "diversity", None)
+    return float(custom(samples)) if custom is not None else pairwise_diversity(samples)
+
+
+@dataclass
+class CollapseAlarm:
+    step: int
+    diversity: float
+    teacher_diversity: float
+
+    @property
+    def ratio(self) -> float:
+        return self.diversity / self.teacher_diversity
+
+    def message(self, fraction: float) -> str:
+        return (f"collapse alarm at step {self.step}: the student's sample diversity {self.diversity:.4g} is "
+                f"{self.ratio:.0%} of the teacher's ({self.teacher_diversity:.4g}), below the alarm threshold "
+                f"eval.collapse_fraction={fraction:g}. Its samples are collapsing to a few modes or saturating; "
+                "lower the critic/student learning rates or raise the critic's update ratio, and look at "
+                "samples/diagnostics/")
+
+
+class Diagnostics(Callback):
+    """See the module docstring. ``module.collapse_alarms`` lists the alarms raised."""
+
+    def __init__(self, run_dir: Path, every: int, n: int = 64, fraction: float = 0.5, t_fraction: float = 0.5,
+                 seed: int = 1234) -> None:
+        if every < 1:
+            raise ValueError("Diagnostics needs every >= 1")
+        self.run_dir = Path(run_dir)
+        self.every, self.n, self.fraction, self.t_fraction = every, n, fraction, t_fraction
+        self.seed = seed + DIAGNOSTICS_SEED_OFFSET
+        self.teacher_diversity: float | None = None
+
+    # --- set-up: fixed noise and the teacher's reference diversity ----------
+    def on_train_start(self, trainer, module) -> None:
+        module.collapse_alarms = []
+        if not trainer.is_global_zero:
+            return
+        self.noise, self.cond = noise_and_cond(module.modality, self.n, self.seed, device=module.device)
+        teacher = module.teacher
+        if teacher is None:  # a model trained from data: no reference, pictures only
+            return
+        setting = dict(module.cfg.teacher_sampler)
+        name, steps = setting.pop("name", "heun"), setting.pop("steps", 18)
+        with torch.no_grad():
+            samples = teacher_sample_fn(teacher, name, steps, **setting)(self.noise, self.cond).x0
+        self.teacher_diversity = diversity(module.modality, module.modality.decode(samples))
+
+    # --- every `every` steps ---------------------------------------------------
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = int(module.distill_step)
+        if step % self.every or not trainer.is_global_zero:
+            return
+        record, alarm = self.check(module, step)
+        write_jsonl(self.run_dir / "metrics.jsonl", record)
+        if alarm is not None:
+            module.collapse_alarms.append(alarm)
+            message = alarm.message(self.fraction)
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=1)
+
+    @torch.no_grad()
+    def check(self, module, step: int) -> tuple[dict[str, Any], CollapseAlarm | None]:
+        method, modality = module.method, module.modality
+        student = module.trained["student"]
+        was_training = student.training
+        student.eval()
+        try:
+            generator = torch.Generator().manual_seed(self.seed + 1)
+            samples = method.sample(student, self.noise, self.cond, steps=module.cfg.student.steps, generator=generator).x0
+            panels = {f"student, step {step}": samples}
+            panels.update(self._score_views(module, samples))
+        finally:
+            student.train(was_training)
+        decoded = {label: modality.decode(x) for label, x in panels.items()}
+        self._picture(modality, decoded, step)
+        value = diversity(modality, decoded[f"student, step {step}"])
+        record: dict[str, Any] = {"step": step, "diagnostics/diversity": value}
+        alarm = None
+        if self.teacher_diversity:
+            alarm = CollapseAlarm(step, value, self.teacher_diversity)
+            record["diagnostics/diversity_ratio"] = alarm.ratio
+            record["diagnostics/collapse"] = alarm.ratio < self.fraction
+            if alarm.ratio >= self.fraction:
+                alarm = None
+        return record, alarm
+
+    def _score_views(self, module, samples: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Teacher's and critic's x0 predictions from the same noised student samples."""
+        process = module.trained["student"].process
+        t = process.t_min + self.t_fraction * (process.t_max - process.t_min)
+        t = torch.full((samples.shape[0],), t, device=samples.device, dtype=samples.dtype)
+        eps = torch.randn(samples.shape, generator=torch.Generator().manual_seed(self.seed + 2)).to(samples)
+        x_t = process.add_noise(samples, eps, t)
+        views = {}
+        if module.teacher is not None:
+            views[f"teacher x0 at t={self.t_fraction:g}"] = module.teacher.predict(x_t, t, self.cond)
+        critic = module.trained["critic"] if "critic" in module.trained else None
+        if isinstance(critic, Denoiser):
+            views[f"critic x0 at t={self.t_fraction:g}"] = critic.predict(x_t, t, self.cond)
+        return views
+
+    def _picture(self, modality, panels: dict[str, torch.Tensor], step: int) -> None:
+        from distill.report import save_panels
+
+        try:
+            save_panels(modality, panels, self.run_dir / "samples" / "diagnostics", self.cond, name=f"step_{step:07d}")
+        except NotImplementedError:  # a modality without pictures still gets the numbers
+            pass
