@@ -108,13 +108,17 @@ def diagnostics_section(run_dir: Path) -> list[str]:
     if not checks:
         return []
     lines = ["", "## Training diagnostics", ""]
-    alarms = [r for r in checks if r.get("diagnostics/collapse")]
-    if alarms:
-        steps = ", ".join(str(r["step"]) for r in alarms)
-        lines.append(f"**Collapse alarm** at step(s) {steps}: the student's sample diversity fell below "
+    collapsed = [str(r["step"]) for r in checks if r.get("diagnostics/collapse")]
+    diverged = [str(r["step"]) for r in checks if r.get("diagnostics/divergence")]
+    if collapsed:
+        lines.append(f"**Collapse alarm** at step(s) {', '.join(collapsed)}: the student's sample diversity fell below "
                      "`eval.collapse_fraction` of the teacher's (see `metrics.jsonl`, `diagnostics/*`).")
-    else:
-        lines.append("No collapse alarm: the student's sample diversity stayed above `eval.collapse_fraction` of the teacher's.")
+    if diverged:
+        lines.append(f"**Divergence alarm** at step(s) {', '.join(diverged)}: the student's sample diversity rose above "
+                     "`1 / eval.collapse_fraction` times the teacher's.")
+    if not collapsed and not diverged:
+        lines.append("No alarm: the student's sample diversity stayed within `eval.collapse_fraction` of the teacher's, "
+                     "and below its inverse.")
     if any("diagnostics/diversity_ratio" in r for r in checks):
         trend = ", ".join(f"{r['step']}: {r['diagnostics/diversity_ratio']:.2f}" for r in checks[-8:])
         lines += ["", f"Diversity relative to the teacher (step: ratio): {trend}."]

@@ -34,7 +34,7 @@ def test_checks_every_n_steps_with_teacher_and_critic_views(tmp_path, fixture_pl
     assert [r["step"] for r in checks] == [2, 4]
     for r in checks:  # a fresh MLP student after 2-4 steps: some positive diversity, compared with the teacher's
         assert r["diagnostics/diversity"] > 0 and r["diagnostics/diversity_ratio"] > 0
-        assert isinstance(r["diagnostics/collapse"], bool)
+        assert isinstance(r["diagnostics/collapse"], bool) and isinstance(r["diagnostics/divergence"], bool)
     pictures = sorted((run.run_dir / "samples" / "diagnostics").iterdir())
     # the fixture modality has no comparison writer: one file per panel (student, teacher view, critic view)
     assert len([p for p in pictures if p.name.startswith("step_0000004")]) == 3
@@ -61,7 +61,7 @@ def test_collapsed_student_raises_the_alarm(tmp_path, fixture_plugins):
         last.bias.zero_()
     record, alarm = callback.check(module, step=99)
     assert alarm is not None and record["diagnostics/collapse"] is True and record["diagnostics/diversity"] == 0.0
-    assert alarm.ratio < 0.5 and "collapse alarm at step 99" in alarm.message(0.5)
+    assert alarm.kind == "collapse" and alarm.ratio < 0.5 and "collapse alarm at step 99" in alarm.message(0.5)
 
 
 def test_bad_diagnostics_settings_are_rejected(tmp_path, fixture_plugins):

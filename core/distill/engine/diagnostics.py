@@ -17,7 +17,11 @@ Every ``eval.every`` distillation steps (rank 0) the callback
   warning in the log, ``diagnostics/collapse: true`` in ``metrics.jsonl``, and a
   section in ``report.md``. Mode collapse and saturation both shrink diversity;
   distribution-matching students collapse when their critic drifts (Yin et al.
-  2024, DMD2 sec. 4.2).
+  2024, DMD2 sec. 4.2). The same alarm fires, as a **divergence**, when diversity
+  exceeds ``1 / collapse_fraction`` times the teacher's: samples flying apart are
+  the other way a destabilised critic shows (on the toy ring, a critic learning rate
+  50x too high first shrinks the student's diversity to 0.4x, then blows it up to
+  over 10x the teacher's).
 """
 from __future__ import annotations
 
@@ -59,17 +63,21 @@ class CollapseAlarm:
     step: int
     diversity: float
     teacher_diversity: float
+    kind: str  # "collapse" (diversity below the fraction) or "divergence" (above its inverse)
 
     @property
     def ratio(self) -> float:
         return self.diversity / self.teacher_diversity
 
     def message(self, fraction: float) -> str:
-        return (f"collapse alarm at step {self.step}: the student's sample diversity {self.diversity:.4g} is "
-                f"{self.ratio:.0%} of the teacher's ({self.teacher_diversity:.4g}), below the alarm threshold "
-                f"eval.collapse_fraction={fraction:g}. Its samples are collapsing to a few modes or saturating; "
-                "lower the critic/student learning rates or raise the critic's update ratio, and look at "
-                "samples/diagnostics/")
+        if self.kind == "collapse":
+            what = (f"below the alarm threshold eval.collapse_fraction={fraction:g}. Its samples are collapsing "
+                    "to a few modes or saturating")
+        else:
+            what = (f"above 1/eval.collapse_fraction={1 / fraction:g} times it. Its samples are flying apart")
+        return (f"{self.kind} alarm at step {self.step}: the student's sample diversity {self.diversity:.4g} is "
+                f"{self.ratio:.0%} of the teacher's ({self.teacher_diversity:.4g}), {what}; lower the critic/student "
+                "learning rates or raise the critic's update ratio, and look at samples/diagnostics/")
 
 
 class Diagnostics(Callback):
@@ -131,11 +139,13 @@ class Diagnostics(Callback):
         record: dict[str, Any] = {"step": step, "diagnostics/diversity": value}
         alarm = None
         if self.teacher_diversity:
-            alarm = CollapseAlarm(step, value, self.teacher_diversity)
-            record["diagnostics/diversity_ratio"] = alarm.ratio
-            record["diagnostics/collapse"] = alarm.ratio < self.fraction
-            if alarm.ratio >= self.fraction:
-                alarm = None
+            ratio = value / self.teacher_diversity
+            record["diagnostics/diversity_ratio"] = ratio
+            record["diagnostics/collapse"] = ratio < self.fraction
+            record["diagnostics/divergence"] = ratio > 1 / self.fraction
+            if record["diagnostics/collapse"] or record["diagnostics/divergence"]:
+                kind = "collapse" if record["diagnostics/collapse"] else "divergence"
+                alarm = CollapseAlarm(step, value, self.teacher_diversity, kind)
         return record, alarm
 
     def _score_views(self, module, samples: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -11,8 +11,9 @@ from distill.methods.meanflow import MeanFlow
 from distill.methods.progressive import Progressive
 from distill.methods.reflow import Reflow
 from distill.methods.scm import SCM
+from distill.methods.shortcut import Shortcut
 
-BUILTIN_METHODS = [KD, DMD, DMD2, Diffusion, CD, LCM, Progressive, Reflow, MeanFlow, SCM]
+BUILTIN_METHODS = [KD, DMD, DMD2, Diffusion, CD, LCM, Progressive, Reflow, MeanFlow, SCM, Shortcut]
 
 
 @hookimpl

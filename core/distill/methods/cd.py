@@ -251,7 +251,7 @@ class CD(Method):
     class Options:
         num_steps: int = 40  # N: intervals of the discretisation grid of [t_min, t_max]
         skip: int = 1  # k: the teacher jumps k grid points per step (LCM's skipping step)
-        schedule: str = "karras"  # grid spacing: uniform | karras | logsnr (distill.process.sampling_schedule)
+        schedule: str = "uniform"  # grid spacing: uniform | karras | logsnr (distill.process.sampling_schedule)
         teacher_solver: str = "heun"  # euler | heun | ddim
         distance: str = "mse"  # mse | pseudo_huber | huber | l1
         distance_c: float | None = None  # c of pseudo_huber / huber (None: 0.00054 sqrt(d))

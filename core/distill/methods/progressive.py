@@ -275,19 +275,23 @@ class Progressive(Method):
             raise DistillError("progressive with inputs=data needs real data, but the batch has none; set method_args.inputs=teacher")
         return batch.x0, batch.cond
 
-    def _teacher_x0(self, teacher: Denoiser, x: torch.Tensor, t: torch.Tensor, rnd: Round, batch: Batch, cond) -> torch.Tensor:
+    def _teacher_x0(self, teacher: Denoiser, x: torch.Tensor, t: torch.Tensor, rnd: Round, cond, null_cond) -> torch.Tensor:
         t_in = t.to(device=x.device, dtype=x.dtype)
         if rnd.index == 0 and self.options.guidance is not None:
-            return teacher.guided(x, t_in, cond, batch.null_cond, self.options.guidance)
+            return teacher.guided(x, t_in, cond, null_cond, self.options.guidance)
         return teacher.predict(x, t_in, cond)
 
-    def target(self, teacher: Denoiser, x_t: torch.Tensor, t: torch.Tensor, times: RoundTimes, index: torch.Tensor,
-               rnd: Round, batch: Batch, cond) -> torch.Tensor:
-        """The student's x0 target: two teacher DDIM steps, then the DDIM inversion (module docstring)."""
-        p = self.process
-        mid, nxt = times.mid[index], times.next[index]
-        x_mid = ddim_step(p, x_t, self._teacher_x0(teacher, x_t, t, rnd, batch, cond), t, mid)
-        x0_mid = self._teacher_x0(teacher, x_mid, mid, rnd, batch, cond)
+    def target(self, teacher: Denoiser, x_t: torch.Tensor, index: torch.Tensor, rnd: Round, cond: Any = None,
+               null_cond: Any = None) -> torch.Tensor:
+        """The student's x0 target at ``(x_t, t_index)``: two teacher DDIM steps, then the DDIM inversion.
+
+        ``index`` (Long ``[B]``, CPU) picks each sample's interval of the round's student grid;
+        on the last interval the target is the teacher's x0 at the midpoint (module docstring).
+        """
+        p, times = self.process, self.round_times(rnd)
+        t, mid, nxt = times.t[index], times.mid[index], times.next[index]
+        x_mid = ddim_step(p, x_t, self._teacher_x0(teacher, x_t, t, rnd, cond, null_cond), t, mid)
+        x0_mid = self._teacher_x0(teacher, x_mid, mid, rnd, cond, null_cond)
         x_next = ddim_step(p, x_mid, x0_mid, mid, nxt)
         last = expand_like((index == rnd.student_steps - 1).to(x_t.device), x_t)
         return torch.where(last, x0_mid, ddim_x0(p, x_t, x_next, t, nxt))
@@ -297,12 +301,11 @@ class Progressive(Method):
         self._begin_round(rnd, batch.step, roles)
         teacher = self.round_teacher(roles, rnd)
         x0, cond = self._inputs(batch)
-        times = self.round_times(rnd)
         index = batch.randint(rnd.student_steps, x0.shape[0]).cpu()
-        t = times.t[index]
+        t = self.round_times(rnd).t[index]
         x_t = self.process.add_noise(x0, batch.randn_like(x0), t.to(x0.device))
         with torch.no_grad():
-            target = self.target(teacher, x_t, t, times, index, rnd, batch, cond)
+            target = self.target(teacher, x_t, index, rnd, cond, batch.null_cond)
         prediction = roles.student.predict(x_t, t.to(device=x0.device, dtype=x0.dtype), cond)
         error = (prediction - target).pow(2).flatten(1).mean(dim=1)
         weight = snr_weight(self.process.snr(t), self.options.weighting).to(error)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -136,6 +136,26 @@ def tangent_weighting(g: Tensor, c: float) -> Tensor:
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """Tangent warm-up ``r = min(1, step / H)`` (sCM sec. 4.2); ``H = 0`` means no warm-up."""
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+@dataclass
+class SCMTargets:
+    """One batch of sCD (float64 unless noted; shapes [B] or [B, ...]).
+
+    ``t``: TrigFlow times; ``x_t``: noised data (data dtype); ``dxdt``: the teacher's
+    ``sigma_d F_teacher``; ``v_theta``: the student's ``sigma_d F_theta`` (with its graph);
+    ``dfdt``: ``df^-/dt``; ``r``: the warm-up factor; ``g``: the normalised tangent and
+    ``g_norm`` its norm before normalisation.
+    """
+
+    t: Tensor
+    x_t: Tensor
+    dxdt: Tensor
+    v_theta: Tensor
+    dfdt: Tensor
+    r: float
+    g: Tensor
+    g_norm: Tensor
 
 
 class AdaptiveWeighting(nn.Module):
@@ -327,7 +347,8 @@ class SCM(Method):
         sd = self.options.sigma_d
         return sd * self.trig.from_x0_eps(x0 / sd, eps, t, "v")
 
-    def loss(self, phase: str, batch: Batch, roles: Roles) -> Losses:
+    def targets(self, batch: Batch, roles: Roles) -> SCMTargets:
+        """Everything the loss needs at one batch (sCD, Alg. 1), with the student's graph on ``v_theta``."""
         o = self.options
         if batch.x0 is None:
             raise DistillError("scm trains on noised real data (sCD, Alg. 1), but the batch has none; use a modality with data")
@@ -341,29 +362,32 @@ class SCM(Method):
 
         with torch.no_grad():
             dxdt = self.velocity(*x0_eps(teacher, x_s, s, batch.cond, batch.null_cond, o.guidance), t)
-        x0_theta, eps_theta = x0_eps(student, x_s, s, batch.cond)
-        v_theta = self.velocity(x0_theta, eps_theta, t)  # sigma_d F_theta, with its graph
+        v_theta = self.velocity(*x0_eps(student, x_s, s, batch.cond), t)  # sigma_d F_theta, with its graph
         v_minus = v_theta.detach()
         dfdt = self.tangent(student, x_t, t, dxdt, batch.cond)
 
         r = warmup_factor(batch.step, o.warmup_steps)
         g1 = -cos * cos * (v_minus - dxdt)
-        g = (1 - r) * g1 + r * cos * dfdt
-        g_norm = g.flatten(1).norm(dim=1)
-        g = tangent_weighting(g, o.tangent_c)
+        g = (1 - r) * g1 + r * cos * dfdt  # = g1 + r g2, since g1 + g2 = cos(t) df/dt
+        return SCMTargets(t=t, x_t=x_t, dxdt=dxdt, v_theta=v_theta, dfdt=dfdt, r=r,
+                          g=tangent_weighting(g, o.tangent_c), g_norm=g.flatten(1).norm(dim=1))
 
-        dim = x0[0].numel()
-        # F_theta - F^- - g, in F's units (divide the sigma_d F difference by sigma_d)
-        sq = ((v_theta - v_minus) / o.sigma_d - g).pow(2).flatten(1).sum(dim=1) / dim
-        w = roles.weighting(t).to(sq.dtype) if o.adaptive_weighting else torch.zeros_like(sq)
-        total = (torch.exp(w) * sq - w).mean()
+    def loss(self, phase: str, batch: Batch, roles: Roles) -> Losses:
+        o = self.options
+        k = self.targets(batch, roles)
+        dim = k.x_t[0].numel()
+        # F_theta - F^- - g with F = v / sigma_d (the F difference is 0 in value, not in gradient)
+        diff = (k.v_theta - k.v_theta.detach()) / o.sigma_d - k.g
+        sq = diff.pow(2).flatten(1).sum(dim=1) / dim
+        w = roles.weighting(k.t).to(sq.dtype) if o.adaptive_weighting else torch.zeros_like(sq)
+        total = (torch.exp(w) * sq - w).mean()  # sCM eq. 8
         terms = {
             "consistency": sq.mean().detach(),
-            "tangent_norm": g_norm.mean().detach(),
+            "tangent_norm": k.g_norm.mean().detach(),
             "weight": w.mean().detach(),
-            "warmup": torch.tensor(r),
+            "warmup": torch.tensor(k.r),
         }
-        return Losses(total=total.float(), terms={k: v.float() for k, v in terms.items()})
+        return Losses(total=total.float(), terms={name: v.float() for name, v in terms.items()})
 
 
-__all__ = ["SCM", "TrigMap", "trig_map", "trig_time", "x0_eps", "tangent_weighting", "warmup_factor", "AdaptiveWeighting"]
+__all__ = ["SCM", "SCMTargets", "TrigMap", "trig_map", "trig_time", "x0_eps", "tangent_weighting", "warmup_factor", "AdaptiveWeighting"]
