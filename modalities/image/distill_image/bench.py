@@ -1,9 +1,9 @@
 """The digits benchmark: every image method distils the bundled digits teacher.
 
 ``distill bench image`` trains one student per (method, steps) for a fixed number of
-training steps (the documented budgets in :data:`STEPS`: ``kd`` 600, ``dmd2`` 1,000 at
-one step and 500 at 2 and 4; ``--quick`` gives every method the same 120 steps, and
-``kd`` 1,024 teacher pairs instead of 4,096), then samples every row -- the
+training steps (the documented budgets in :data:`STEPS`: ``kd`` 600, ``dmd`` 1,000,
+``dmd2`` 1,000 at one step and 500 at 2 and 4; ``--quick`` gives every method the same
+120 steps, and ``kd``/``dmd`` 1,024 teacher pairs instead of 4,096), then samples every row -- the
 teacher at its usual Heun 18 steps (35 NFE) and with Euler at 1, 2, 4, 8 NFE
 included -- from the same class labels and noise, and scores it in the bundled
 digits classifier's feature space against all 1,797 digits (FD, KID, precision,
@@ -25,11 +25,14 @@ METHOD_CONFIGS = {
            "optim": {"student": {"decay": "cosine"}}, "ema": {"half_life": 100}},
     "dmd2": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4},
              "optim": {"student": {"decay": "cosine"}}, "ema": {"half_life": 50}},
+    "dmd": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "regression_weight": 0.25,
+                            "cache_size": 4096, "cache_batch": 512},
+            "optim": {"student": {"decay": "cosine"}}, "ema": {"half_life": 50}},
 }
 # Documented full budgets (training steps) per "method" or "method@steps".
-STEPS = {"kd": 600, "dmd2": 1000, "dmd2@2": 500, "dmd2@4": 500}
+STEPS = {"kd": 600, "dmd": 1000, "dmd2": 1000, "dmd2@2": 500, "dmd2@4": 500}
 QUICK_STEPS = 120
-QUICK_CONFIGS = {"kd": {"method_args": {"cache_size": 1024}}}  # fewer teacher pairs: 35 NFE each
+QUICK_CONFIGS = {m: {"method_args": {"cache_size": 1024}} for m in ("kd", "dmd")}  # fewer teacher pairs: 35 NFE each
 
 
 def benchmark(quick: bool) -> BenchSpec:
@@ -45,7 +48,7 @@ def benchmark(quick: bool) -> BenchSpec:
             "trainer": {"max_minutes": None, "log_every": 20, "checkpoint_every": 0},
         },
         method_configs=configs,
-        method_steps={"dmd2": [1, 2, 4], "kd": [1]},
+        method_steps={"dmd2": [1, 2, 4], "dmd": [1], "kd": [1]},
         n_samples=2000 if quick else 5000,
         seeds=1 if quick else 3,
         std_keys=["fd", "kid", "class_accuracy"],

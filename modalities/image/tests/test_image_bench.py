@@ -10,7 +10,7 @@ import torch
 from distill.config import _build_run, load_config
 from distill.engine.run import build_modality, load_teacher
 from distill.evaluation import noise_and_cond, teacher_sample_fn
-from distill_image.bench import STEPS, benchmark, demo_plan
+from distill_image.bench import METHOD_CONFIGS, STEPS, benchmark, demo_plan
 from distill_image.metrics import image_metrics
 from distill_image.modality import TEACHER_FILE, ImageModality
 
@@ -36,6 +36,16 @@ def test_recipes_validate(path):
     cfg = load_config(path)
     assert cfg.modality == "image"
     assert {p.stem for p in CONFIGS} >= {"teacher", "dmd2", "kd"}
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_CONFIGS))
+def test_bench_recipes_are_the_committed_configs(method):
+    """The benchmark trains what configs/image/<method>.yaml documents (method options, optimiser, EMA)."""
+    recipe = load_config(ROOT / "configs" / "image" / f"{method}.yaml")
+    bench = _build_run({"modality": "image", "method": method, **METHOD_CONFIGS[method]})
+    assert recipe.method_args == bench.method_args
+    assert recipe.optim == bench.optim and recipe.ema == bench.ema
+    assert recipe.data.batch_size == 64 and recipe.trainer.max_steps == STEPS[method]
 
 
 def test_demo_plan_is_a_valid_one_step_dmd2_run():
