@@ -196,6 +196,27 @@ def test_network_without_forward_ad_fails_with_a_clear_error():
         method.loss("student", data_batch(8), roles)
 
 
+class AttentionProbe(nn.Module):
+    """Records which attention kernels are enabled when the network runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones((), dtype=torch.float64))
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x, t, cond=None, r=None):
+        self.seen.append((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()))
+        return self.weight * x * t[:, None]
+
+
+def test_jvp_runs_attention_on_the_math_backend():
+    # The fused CUDA kernels have no forward-mode derivative; inside the jvp only the math one is on.
+    probe = AttentionProbe()
+    method, roles = method_with(probe, flow_fraction=0.5)
+    method.loss("student", data_batch(8), roles)
+    assert probe.seen == [(True, True), (False, False)]  # the r = t forward, then the jvp
+
+
 def _perturbed(net: nn.Module) -> nn.Module:
     """Random weights everywhere (zero-initialised output layers would make every derivative 0)."""
     g = torch.Generator().manual_seed(11)

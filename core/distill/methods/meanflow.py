@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from distill.denoiser import Denoiser
 from distill.errors import DistillError
@@ -214,14 +215,18 @@ class MeanFlow(Method):
                          cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u, du/dt)`` with ``du/dt = v . d_x u + d_t u`` at fixed r (eq. 8) by one ``torch.func.jvp``.
 
-        The primal output ``u`` keeps its graph to the student's parameters (the loss trains it); the
+        Attention runs on the math backend of ``scaled_dot_product_attention`` meanwhile. The primal output ``u`` keeps its graph to the student's parameters (the loss trains it); the
         tangent is the target's derivative, stop-gradient'ed by the caller.
         """
         def u_of(x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
             return self.average_velocity(student, x, r, time, cond)
 
         try:
-            return torch.func.jvp(u_of, (x_t, t), (v.to(x_t.dtype), torch.ones_like(t)))
+            # The fused flash / memory-efficient kernels of scaled_dot_product_attention have no
+            # forward-mode derivative (pytorch/pytorch#117629, #128971); the math backend is made of
+            # differentiable operations, so attention runs through it inside the jvp.
+            with sdpa_kernel([SDPBackend.MATH]):
+                return torch.func.jvp(u_of, (x_t, t), (v.to(x_t.dtype), torch.ones_like(t)))
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, NotImplementedError) as error:

@@ -16,10 +16,11 @@ For any other Gaussian process the same pairs are placed on that process's path,
 ``x_t = alpha_t x1 + sigma_t z``, and the target is the process velocity
 ``alpha'_t x1 + sigma'_t z`` (or, with ``loss_space``, any other prediction of ``(x1, z)``).
 Because the coupling is deterministic the new flow's paths cross less than the teacher's
-independent coupling did, so the reflowed ODE is straighter (Liu et al. Theorem 3.3) and
-few Euler steps of it approach its own ODE map, which reproduces the coupling's marginals.
+independent coupling did, so the reflowed ODE is straighter (Liu et al., sec. 3: reflow does
+not increase convex transport costs) and few Euler steps of it approach its own ODE map,
+which reproduces the coupling's marginals.
 
-**Distillation (InstaFlow, Sec. 3.3).** With ``distill_from_step`` set, the run switches at
+**Distillation (InstaFlow's second stage).** With ``distill_from_step`` set, the run switches at
 that step to regressing the one-step map, as ``kd`` does:
 
     L = E_z d( x0_theta(sigma_max z, t_max), target(z) )
