@@ -1,6 +1,6 @@
 """Training diagnostics for every method: what the student draws, what the scores see, collapse alarm.
 
-Every ``eval.every`` distillation steps (rank 0) the callback
+Every ``eval.every`` distillation steps the callback
 
 * samples the student (the trained weights, not the EMA: a collapse shows there
   first) from a fixed noise and conditioning, at its training step count;
@@ -93,10 +93,9 @@ class Diagnostics(Callback):
         self.teacher_diversity: float | None = None
 
     # --- set-up: fixed noise and the teacher's reference diversity ----------
+    # Every rank samples (a sharded student needs all ranks in its forward); rank 0 writes.
     def on_train_start(self, trainer, module) -> None:
         module.collapse_alarms = []
-        if not trainer.is_global_zero:
-            return
         self.noise, self.cond = noise_and_cond(module.modality, self.n, self.seed, device=module.device)
         teacher = module.teacher
         if teacher is None:  # a model trained from data: no reference, pictures only
@@ -110,9 +109,11 @@ class Diagnostics(Callback):
     # --- every `every` steps ---------------------------------------------------
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = int(module.distill_step)
-        if step % self.every or not trainer.is_global_zero:
+        if step % self.every:
             return
-        record, alarm = self.check(module, step)
+        record, alarm = self.check(module, step, write=trainer.is_global_zero)
+        if not trainer.is_global_zero:
+            return
         write_jsonl(self.run_dir / "metrics.jsonl", record)
         if alarm is not None:
             module.collapse_alarms.append(alarm)
@@ -121,7 +122,7 @@ class Diagnostics(Callback):
             warnings.warn(message, RuntimeWarning, stacklevel=1)
 
     @torch.no_grad()
-    def check(self, module, step: int) -> tuple[dict[str, Any], CollapseAlarm | None]:
+    def check(self, module, step: int, write: bool = True) -> tuple[dict[str, Any], CollapseAlarm | None]:
         method, modality = module.method, module.modality
         student = module.trained["student"]
         was_training = student.training
@@ -134,7 +135,8 @@ class Diagnostics(Callback):
         finally:
             student.train(was_training)
         decoded = {label: modality.decode(x) for label, x in panels.items()}
-        self._picture(modality, decoded, step)
+        if write:
+            self._picture(modality, decoded, step)
         value = diversity(modality, decoded[f"student, step {step}"])
         record: dict[str, Any] = {"step": step, "diagnostics/diversity": value}
         alarm = None
