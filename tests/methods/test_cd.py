@@ -161,7 +161,7 @@ def test_loss_vanishes_at_the_true_consistency_function(solver):
     and every solver's step is exact: the loss is 0 up to float32 rounding."""
     process = make_process("flow")
     mixture = GaussianMixture(torch.tensor([[1.0, 2.0]]), torch.zeros(1))
-    method = CD(CD.Options(num_steps=20, teacher_solver=solver))
+    method = CD(CD.Options(num_steps=20, teacher_solver=solver, parameterization="ddim"))
     roles = setup(method, mixture, process)
     losses = method.loss("student", data_batch(mixture, seed=2), roles)
     assert losses.total.item() < 1e-10
@@ -252,7 +252,7 @@ def test_tcd_with_gamma_zero_is_deterministic_ddim_chaining():
     assert torch.equal(a.x0, b.x0)
     # gamma = 0: x_{i+1} = alpha_{i+1} f_i + sigma_{i+1} (x_i - alpha_i f_i) / sigma_i (DDIM through f).
     process = student.process
-    f = ConsistencyFunction(student, "ddim", 0.5)
+    f = ConsistencyFunction(student, method.options.parameterization, method.options.sigma_data)
     ts = sampling_schedule(process, 3)
     x = noise
     for i in range(2):

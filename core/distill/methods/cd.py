@@ -64,7 +64,7 @@ F64 = torch.float64
 
 
 def boundary_coefficients(
-    process: Any, t: Tensor | float, parameterization: str = "ddim", sigma_data: float = 0.5
+    process: Any, t: Tensor | float, parameterization: str = "edm", sigma_data: float = 0.5
 ) -> tuple[Tensor, Tensor]:
     """``(c_skip(t), c_out(t))`` in float64 for ``f(x, t) = c_skip x + c_out x0_theta(x, t)``.
 
@@ -256,7 +256,7 @@ class CD(Method):
         distance: str = "mse"  # mse | pseudo_huber | huber | l1
         distance_c: float | None = None  # c of pseudo_huber / huber (None: 0.00054 sqrt(d))
         target_ema: float = 0.95  # mu of the target network; 0: the stop-gradient student (no target role)
-        parameterization: str = "ddim"  # ddim | edm: c_skip, c_out of f = c_skip x + c_out x0_theta
+        parameterization: str = "edm"  # edm | ddim: c_skip, c_out of f = c_skip x + c_out x0_theta
         sigma_data: float = 0.5  # the edm parameterization's data scale
         lr: float = 1e-4
         sampler: str = "consistency"  # consistency (Song et al. Alg. 1) | tcd (Zheng et al. 2024)
