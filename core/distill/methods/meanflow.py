@@ -50,6 +50,8 @@ from distill.methods.pairs import TeacherODE, TeacherPairs
 from distill.process import make_time_sampler, sampling_schedule
 from distill.samplers import SampleResult
 
+__all__ = ["MeanFlow", "MarginalPoints", "jump_sample", "teacher_velocity", "take", "draw_times"]
+
 X0_SOURCES = ("teacher", "data")
 SECOND_TIMES = ("interval", "r")
 
@@ -58,8 +60,9 @@ _FORWARD_AD_HINTS = ("forward ad", "forward-mode", "forward mode", "jvp", "funct
 
 
 # --- shared by the flow-map methods ------------------------------------------------------
-def take(obj: Any, index: slice) -> Any:
-    """``obj[index]`` along the batch for a tensor, dict/list/tuple of tensors, or None."""
+def take(obj: Any, index: Any) -> Any:
+    """``obj[index]`` along the batch (a slice or an index tensor) for a tensor, a dict/list/tuple
+    of tensors, or None (conditioning comes in all of these forms)."""
     if obj is None:
         return None
     if isinstance(obj, torch.Tensor):
@@ -215,8 +218,9 @@ class MeanFlow(Method):
                          cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u, du/dt)`` with ``du/dt = v . d_x u + d_t u`` at fixed r (eq. 8) by one ``torch.func.jvp``.
 
-        Attention runs on the math backend of ``scaled_dot_product_attention`` meanwhile. The primal output ``u`` keeps its graph to the student's parameters (the loss trains it); the
-        tangent is the target's derivative, stop-gradient'ed by the caller.
+        The primal output ``u`` keeps its graph to the student's parameters (the loss trains it); the
+        tangent is the target's derivative, stop-gradient'ed by the caller. Attention runs on the
+        math backend of ``scaled_dot_product_attention`` meanwhile.
         """
         def u_of(x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
             return self.average_velocity(student, x, r, time, cond)
@@ -296,5 +300,3 @@ class MeanFlow(Method):
             self.process = student.process
         return jump_sample(lambda x, r, t: self.average_velocity(student, x, r, t, cond), student.process, noise, steps)
 
-
-__all__ = ["MeanFlow", "MarginalPoints", "jump_sample", "teacher_velocity", "take", "draw_times"]
