@@ -60,3 +60,78 @@ def test_bench_over_several_noise_seeds(tmp_path, fixture_plugins, monkeypatch):
     # collapses every draw onto the mixture mean, so its spread may be exactly 0).
     assert result["rows"][0]["sliced_wasserstein_std"] > 0
     assert {r["method"] for r in result["rows"]} == {"teacher", "kd"}
+
+
+def _spec_with(monkeypatch, **changes):
+    from distill.plugins import get_manager
+
+    cls = get_manager().modality("mix")
+    original = cls.benchmark.__func__
+
+    def changed(klass, quick=False):
+        spec = original(klass, quick)
+        for key, value in changes.items():
+            setattr(spec, key, value)
+        return spec
+
+    monkeypatch.setattr(cls, "benchmark", classmethod(changed))
+
+
+def test_merge_keeps_other_methods_rows_and_reuses_the_cached_teacher(tmp_path, fixture_plugins, monkeypatch):
+    import pytest
+
+    import distill.bench as bench
+    from distill.errors import DistillError
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "mix.json"
+    first = run_bench("mix", out=out, workdir=tmp_path / "w1", progress=False, methods=["kd"])
+    generated = []
+    original = bench.generate
+
+    def spy(fn, noise, cond, batch_size, label="", progress=True):
+        generated.append((label, noise.shape[0]))
+        return original(fn, noise, cond, batch_size, label=label, progress=progress)
+
+    monkeypatch.setattr(bench, "generate", spy)
+    second = run_bench("mix", out=out, workdir=tmp_path / "w2", progress=False, methods=["dmd2"], merge=True)
+    saved = json.loads(out.read_text())
+    assert saved == second
+    students = [(r["method"], r["steps"]) for r in saved["rows"] if r["method"] != "teacher"]
+    assert sorted(students) == [("dmd2", 1), ("dmd2", 2), ("kd", 1)]  # kd kept from the first run
+    assert [r for r in saved["rows"] if r["method"] == "kd"] == [r for r in first["rows"] if r["method"] == "kd"]
+    # the usual teacher setting came from the cache (timed on one batch only), with the same metrics
+    teacher = [n for label, n in generated if label.startswith("teacher")]
+    assert teacher == [100] * 3  # three teacher rows, each timed on one batch (BenchSpec.batch_size), not 300 samples
+    assert saved["rows"][0]["sliced_wasserstein"] == first["rows"][0]["sliced_wasserstein"]
+    assert saved["rows"][0]["speedup_vs_teacher"] == 1.0
+    # a file measured under another protocol is refused before any training
+    other = dict(saved, n_samples=999)
+    out.write_text(json.dumps(other))
+    trained = []
+    monkeypatch.setattr("distill.engine.run.train", lambda cfg: trained.append(cfg))
+    with pytest.raises(DistillError, match="another protocol.*n_samples"):
+        run_bench("mix", out=out, workdir=tmp_path / "w3", progress=False, methods=["kd"], merge=True)
+    assert trained == [] and json.loads(out.read_text()) == other  # nothing lost
+    # no method names: the teacher rows only
+    assert {r["method"] for r in run_bench("mix", workdir=tmp_path / "w4", progress=False, methods=[])["rows"]} == {
+        "teacher"}
+    with pytest.raises(DistillError, match="--merge needs --out"):
+        run_bench("mix", progress=False, methods=["kd"], merge=True)
+
+
+def test_step_agnostic_methods_train_one_student_for_all_step_counts(tmp_path, fixture_plugins, monkeypatch):
+    import distill.engine.run as engine_run
+    from distill.plugins import get_manager
+
+    assert get_manager().method("cd").step_agnostic and not get_manager().method("dmd2").step_agnostic
+    _spec_with(monkeypatch, method_steps={"cd": [1, 2, 4]})
+    runs = []
+    original = engine_run.train
+    monkeypatch.setattr(engine_run, "train", lambda cfg: runs.append(cfg) or original(cfg))
+    result = run_bench("mix", workdir=tmp_path / "w", progress=False, methods=["cd"])
+    rows = [r for r in result["rows"] if r["method"] == "cd"]
+    assert len(runs) == 1 and [r["steps"] for r in rows] == [1, 2, 4] and [r["nfe"] for r in rows] == [1, 2, 4]
+    assert len({r["train_seconds"] for r in rows}) == 1 and all(r["train_steps"] == 3 for r in rows)
+    # the same student at more steps gives other samples
+    assert len({r["paired_rmse_vs_teacher"] for r in rows}) == 3

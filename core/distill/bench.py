@@ -23,9 +23,13 @@ from typing import Any
 
 import torch
 
+from filelock import FileLock
+
+from distill.cache import cached_tensors, fingerprint
 from distill.engine.io import atomic_write_text
 from distill.errors import DistillError
 from distill.evaluation import (
+    Generated,
     Row,
     generate,
     noise_and_cond,
@@ -93,9 +97,23 @@ def run_bench(
     workdir: str | Path | None = None,
     progress: bool = True,
     markdown: str | Path | None = None,
+    merge: bool = False,
 ) -> dict[str, Any]:
+    """Train every chosen method's students, then sample and score the teacher rows and theirs.
+
+    Students train first, so a recipe that fails stops the run before any sampling. The
+    teacher's samples (its usual setting is the costliest row, and the paired metrics'
+    baseline) come from the on-disk cache (:mod:`distill.cache`) when the same teacher drew
+    the same noise before; their ``ms_per_sample`` is then timed on one fresh batch.
+    ``methods=[]`` measures the teacher rows only (and fills the cache). With ``merge``,
+    rows of methods this run does not train are kept from ``out`` (same modality, budget
+    kind, sample count, seeds and teacher, or an error), so a long benchmark can be run a
+    few methods at a time, in parallel processes: the read-merge-write of ``out`` is locked.
+    Each method row's ``speedup_vs_teacher`` is against the teacher timed in its own process.
+    """
     from distill.config import _build_run
-    from distill.engine.run import build_method, build_modality, load_teacher, train
+    from distill.engine.run import build_modality, load_teacher, train
+    from distill.methods.pairs import teacher_identity
     from distill.plugins import get_manager
 
     manager = get_manager()
@@ -113,23 +131,63 @@ def run_bench(
     teacher.to(dev)
     # Methods that distil a teacher (not `diffusion`, which trains teachers).
     compatible = [e.name for e in manager.methods.entries() if modality_cls.kind in e.obj.kinds and e.obj.needs_teacher]
-    chosen = methods or compatible
+    chosen = compatible if methods is None else list(methods)  # []: the teacher rows only
     bad = [m for m in chosen if m not in compatible]
     if bad:
         raise DistillError(f"methods {bad} do not support modality {modality_name!r}; compatible: {', '.join(compatible)}")
-
     if spec.seeds < 1:
         raise DistillError(f"BenchSpec.seeds must be at least 1; got {spec.seeds}")
+    if merge and not out:
+        raise DistillError("--merge needs --out: the file whose other methods' rows to keep")
+
     draws = [noise_and_cond(modality, spec.n_samples, spec.seed + s, dev) for s in range(spec.seeds)]
+    header = {
+        "modality": modality_name,
+        "quick": quick,
+        "device": _device_name(device),
+        "n_samples": spec.n_samples,
+        "seeds": spec.seeds,
+        "teacher_fingerprint": fingerprint(teacher_identity(teacher, *draws[0])),
+    }
+    if merge:
+        _merge_base(Path(out), header)  # fail before hours of training, not after
+
+    # 1. Train. A step-agnostic method (its training ignores student.steps) trains one student
+    #    and is sampled at each of its step counts.
+    trained: list[tuple[str, list[int], Any, float]] = []
+    tmp = Path(workdir or tempfile.mkdtemp(prefix="distill-bench-"))
+    for method in chosen:
+        method_cls = manager.method(method)
+        steps_list = [k for k in spec.method_steps.get(method, spec.default_steps)
+                      if method_cls.max_student_steps is None or k <= method_cls.max_student_steps]
+        groups = [steps_list] if method_cls.step_agnostic and steps_list else [[k] for k in steps_list]
+        for group in groups:
+            steps = group[0]
+            run_cfg = deep_merge(base, spec.method_configs.get(method, {}))
+            run_cfg = deep_merge(run_cfg, {"trainer": _budget(spec, method, steps)})
+            run_cfg = deep_merge(run_cfg, {"method": method, "student": {"steps": steps},
+                                           "output": {"dir": str(tmp / f"{method}-{steps}")},
+                                           "trainer": {"progress": progress}})
+            cfg = _build_run(run_cfg)
+            if Path(cfg.output.dir).exists():
+                shutil.rmtree(cfg.output.dir)
+            began = time.perf_counter()
+            run = train(cfg)
+            trained.append((method, group, run.module, time.perf_counter() - began))
+
     reference = modality.reference(spec.n_samples, torch.Generator().manual_seed(spec.seed + REFERENCE_SEED_OFFSET))
     usual_samples: list[torch.Tensor] = []  # the teacher's usual-setting samples, per seed
 
-    def measure(make_fn, label: str) -> tuple[int, float, dict[str, Any], list[torch.Tensor]]:
+    def measure(make_fn, label: str, cache_key: str | None = None) -> tuple[int, float, dict[str, Any], list[torch.Tensor]]:
         """Sample and score one row on every noise seed; returns nfe, ms/sample, metrics, samples."""
         per_seed, times, outputs, nfe = [], [], [], 0
         for s, (noise, cond) in enumerate(draws):
-            gen = generate(make_fn(s), noise, cond, spec.batch_size,
-                           label=label + (f" (seed {s + 1}/{spec.seeds})" if spec.seeds > 1 else ""), progress=progress)
+            seed_label = label + (f" (seed {s + 1}/{spec.seeds})" if spec.seeds > 1 else "")
+            if cache_key is None:
+                gen = generate(make_fn(s), noise, cond, spec.batch_size, label=seed_label, progress=progress)
+            else:
+                gen = _cached_generate(make_fn(s), noise, cond, spec.batch_size, seed_label, progress,
+                                       fingerprint(cache_key, noise, cond if isinstance(cond, torch.Tensor) else repr(cond)))
             samples = modality.decode(gen.samples)
             metrics = score(modality, samples, reference, cond, usual_samples[s] if len(usual_samples) > s else None)
             if spec.metric_keys is not None:
@@ -140,55 +198,94 @@ def run_bench(
             nfe = gen.nfe
         return nfe, sum(times) / len(times), aggregate_seeds(per_seed, spec.std_keys), outputs
 
+    # 2. The teacher rows; the usual setting first (the speed-up baseline and paired metrics' reference).
     rows: list[Row] = []
     settings = [dict(spec.usual, usual=True)] + [dict(s) for s in spec.teacher_rows if dict(s) != spec.usual]
     for setting in settings:
         usual = setting.pop("usual", False)
         name, k = setting.pop("sampler"), setting.pop("steps")
-        nfe, ms, metrics, outputs = measure(lambda s: teacher_sample_fn(teacher, name, k, **setting), f"teacher {name} x{k}")
+        key = fingerprint("bench-teacher", header["teacher_fingerprint"], name, k, setting)
+        nfe, ms, metrics, outputs = measure(lambda s: teacher_sample_fn(teacher, name, k, **setting),
+                                            f"teacher {name} x{k}", cache_key=key)
         if usual:
             usual_samples = outputs
         rows.append(Row("teacher", k, nfe, ms, metrics, {"sampler": name, "usual": usual}))
 
-    tmp = Path(workdir or tempfile.mkdtemp(prefix="distill-bench-"))
-    for method in chosen:
-        method_cls = manager.method(method)
-        steps_list = spec.method_steps.get(method, spec.default_steps)
-        for steps in steps_list:
-            if method_cls.max_student_steps is not None and steps > method_cls.max_student_steps:
-                continue
-            run_cfg = deep_merge(base, spec.method_configs.get(method, {}))
-            run_cfg = deep_merge(run_cfg, {"trainer": _budget(spec, method, steps)})
-            run_cfg = deep_merge(run_cfg, {"method": method, "student": {"steps": steps},
-                                       "output": {"dir": str(tmp / f"{method}-{steps}")},
-                                       "trainer": {"progress": progress}})
-            cfg = _build_run(run_cfg)
-            if Path(cfg.output.dir).exists():
-                shutil.rmtree(cfg.output.dir)
-            began = time.perf_counter()
-            run = train(cfg)
-            seconds = time.perf_counter() - began
-            module = run.module
-            student = module.student_for_sampling(ema=True).to(dev).eval()
+    # 3. The students' rows.
+    for method, group, module, seconds in trained:
+        student = module.student_for_sampling(ema=True).to(dev).eval()
+        for steps in group:
             nfe, ms, metrics, _ = measure(lambda s: student_sample_fn(module.method, student, steps, seed=spec.seed + s),
                                           f"{method} x{steps}")
             rows.append(Row(method, steps, nfe, ms, metrics, {
                 "train_steps": int(module.distill_step), "train_seconds": round(seconds, 1)}))
-    records = records_with_speedup(rows, rows[0].ms_per_sample)
-    result = {
-        "modality": modality_name,
-        "quick": quick,
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "n_samples": spec.n_samples,
-        "seeds": spec.seeds,
-        "rows": records,
-    }
+    result = dict(header, rows=records_with_speedup(rows, rows[0].ms_per_sample))
     if out:
-        atomic_write_text(Path(out), json.dumps(result, indent=2) + "\n")
+        with FileLock(str(out) + ".lock"):
+            if merge:
+                result = _merged(_merge_base(Path(out), header), result, order=compatible)
+            atomic_write_text(Path(out), json.dumps(result, indent=2) + "\n")
     if markdown:
         atomic_write_text(Path(markdown), markdown_table(result))
     _print(result)
     return result
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _cached_generate(sample_fn, noise: torch.Tensor, cond: Any, batch_size: int, label: str, progress: bool,
+                     key: str) -> Generated:
+    """:func:`generate` through the on-disk cache; a cached draw is timed on one fresh batch."""
+    fresh: list[Generated] = []
+
+    def compute() -> dict[str, torch.Tensor]:
+        fresh.append(generate(sample_fn, noise, cond, batch_size, label=label, progress=progress))
+        return {"samples": fresh[0].samples, "nfe": torch.tensor([fresh[0].nfe])}
+
+    saved = cached_tensors("bench-samples", key, compute)
+    if fresh:
+        return fresh[0]
+    n = min(batch_size, noise.shape[0])
+    timing = generate(sample_fn, noise[:n], cond[:n] if isinstance(cond, torch.Tensor) else cond, n,
+                      label=label + " (timing one batch; samples cached)", progress=progress)
+    return Generated(saved["samples"], int(saved["nfe"][0]), timing.seconds * noise.shape[0] / n, noise.shape[0])
+
+
+MERGE_KEYS = ("modality", "quick", "n_samples", "seeds", "teacher_fingerprint")
+
+
+def _merge_base(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved results to merge into (None when ``path`` does not exist yet); an error when
+    they were measured under another protocol, so rows of two protocols never share a table."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DistillError(f"--merge: cannot read {path} ({err}); move it away or drop --merge") from err
+    differ = [f"{k}: {saved.get(k)!r} there, {header[k]!r} here" for k in MERGE_KEYS if saved.get(k) != header[k]]
+    if differ:
+        raise DistillError(f"--merge: {path} was measured under another protocol ({'; '.join(differ)}); "
+                           "write to another --out, or rerun every method without --merge")
+    return saved
+
+
+def _merged(saved: dict[str, Any] | None, result: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    """``result``'s rows (teacher rows included) plus ``saved``'s rows of the methods it did not run."""
+    if saved is None:
+        return result
+    ran = {r["method"] for r in result["rows"]}
+    kept = [r for r in saved["rows"] if r["method"] not in ran]
+    rank = {m: i for i, m in enumerate(order)}
+    students = sorted([r for r in result["rows"] + kept if r["method"] != "teacher"],
+                      key=lambda r: (rank.get(r["method"], len(rank)), r["method"], r["steps"]))
+    devices = list(dict.fromkeys(str(saved.get("device", "")).split("; ") + [result["device"]]))
+    teacher = [r for r in result["rows"] if r["method"] == "teacher"]
+    return dict(result, device="; ".join(d for d in devices if d), rows=teacher + students)
 
 
 def aggregate_seeds(per_seed: list[dict[str, Any]], std_keys: list[str]) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from distill.bench import run_bench
 
     run_bench(args.modality, quick=args.quick, out=args.out, device=args.device, methods=args.methods,
-              markdown=args.markdown)
+              markdown=args.markdown, merge=args.merge)
     return 0
 
 
@@ -134,8 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short budgets: the whole run fits in minutes on a CPU")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--methods", nargs="*", default=None, help="only these methods")
+    p.add_argument("--methods", nargs="*", default=None, help="only these methods (with no names: the teacher rows only)")
     p.add_argument("--markdown", default=None, help="also write the rows as a Markdown table here")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of methods not run here from --out (same protocol): run a long "
+                        "benchmark a few --methods at a time, or in parallel processes")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("demo", help="distil the bundled teacher into a one-step student and write a report")

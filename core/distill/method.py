@@ -166,6 +166,9 @@ class Method:
     needs_data: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True  # False: the method trains a model from data alone (see model_spec)
     max_student_steps: ClassVar[int | None] = None  # None: any step count
+    # True when training ignores student.steps: one trained student samples at any step count
+    # (consistency models, flow maps), so a benchmark trains it once for all its step counts.
+    step_agnostic: ClassVar[bool] = False
     paper: ClassVar[str] = ""
 
     @dataclass
@@ -210,6 +213,13 @@ class Method:
     def student_timesteps(self, steps: int) -> torch.Tensor:
         """The times at which a ``steps``-step student is evaluated (t_max first)."""
         return sampling_schedule(self.process, steps)
+
+    def sampler_spec(self, steps: int) -> dict[str, Any]:
+        """How an exported ``steps``-step student samples, written to its sidecar: a sampler of
+        :mod:`distill.samplers` by name with its process times (here ``multistep``), or
+        ``{"name": "method", ...}`` when only this method's :meth:`sample` reproduces it (a
+        network with extra inputs, or a wrapper around the exported network)."""
+        return {"name": "multistep", "steps": steps, "timesteps": [float(t) for t in self.student_timesteps(steps)]}
 
     def sample(
         self,

@@ -301,8 +301,9 @@ def test_sampler_times():
     method.process = make_process("flow")
     assert method.sampler_times(1) == [pytest.approx(math.pi / 2)]
     assert method.sampler_times(2)[1] == pytest.approx(math.atan(2.0))  # 1.107: the paper's t = 1.1
-    # in a flow teacher's time the default steps are uniform: 1, 3/4, 1/2, 1/4, then t_min
-    assert torch.allclose(method.student_timesteps(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 1e-3], dtype=F64))
+    # in a flow teacher's time: 1, then 1/2 and uniform below it, then t_min
+    assert torch.allclose(method.student_timesteps(4), torch.tensor([1.0, 1 / 2, 1 / 3, 1 / 6, 1e-3], dtype=F64))
+    assert torch.allclose(method.student_timesteps(3), torch.tensor([1.0, 1 / 2, 1 / 4, 1e-3], dtype=F64))
     custom = SCM(SCM.Options(sigma_d=0.5, sample_times=[1.1]))
     custom.process = make_process("flow")
     assert custom.sampler_times(2) == [pytest.approx(math.pi / 2), 1.1]

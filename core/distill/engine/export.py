@@ -45,8 +45,7 @@ def sidecar_for(module: Any, role: str, denoiser: nn.Module) -> dict[str, Any]:
         side["network_class"] = f"{type(denoiser.net).__module__}.{type(denoiser.net).__qualname__}"
         side.update(denoiser.describe())
         if role.startswith("student"):
-            side["sampler"] = {"name": "multistep", "steps": cfg.student.steps,
-                               "timesteps": [float(t) for t in module.method.student_timesteps(cfg.student.steps)]}
+            side["sampler"] = module.method.sampler_spec(cfg.student.steps)
     else:
         side["network"] = network_config(denoiser)
     return side

@@ -244,6 +244,7 @@ class CD(Method):
     description = "consistency distillation with an EMA target and a one-step teacher ODE solver (Song et al. 2023)"
     paper = "arXiv:2303.01469"
     kinds = frozenset({"continuous"})
+    step_agnostic = True  # any-step sampling of one trained student
     needs_data = True
     extra_inputs: tuple[str, ...] = ()  # extra network inputs of student and target (lcm: ("w",))
 
@@ -368,6 +369,10 @@ class CD(Method):
     def consistency_function(self, student: Denoiser, n: int, device: torch.device) -> ConsistencyFunction:
         o = self.options
         return ConsistencyFunction(student, o.parameterization, o.sigma_data, **self.sampling_inputs(n, device))
+
+    def sampler_spec(self, steps: int) -> dict[str, Any]:
+        """The exported network is F; the student is ``c_skip x_t + c_out F`` (only ``sample`` applies it)."""
+        return dict(super().sampler_spec(steps), name="method", method=self.name, sampler=self.options.sampler)
 
     def sample(
         self,

@@ -155,6 +155,7 @@ class MeanFlow(Method):
     description = "average-velocity flow map from the teacher's velocity via the MeanFlow identity (Geng et al. 2025)"
     paper = "arXiv:2505.13447"
     kinds = frozenset({"continuous"})
+    step_agnostic = True  # any-step sampling of one trained student
 
     @dataclass
     class Options:
@@ -292,6 +293,10 @@ class MeanFlow(Method):
         return Losses(total=total, terms=terms)
 
     # --- sampler -------------------------------------------------------------------------
+    def sampler_spec(self, steps: int) -> dict[str, Any]:
+        """The network takes extra inputs (see :meth:`sample`); no generic sampler reproduces it."""
+        return {"name": "method", "method": self.name, "steps": steps}
+
     def sample(self, student: Denoiser, noise: torch.Tensor, cond: Any = None, steps: int = 1,
                generator: torch.Generator | None = None) -> SampleResult:
         """``steps`` jumps ``x_r = x_t - (t - r) u(x_t, r, t)`` on the uniform schedule (eq. 12); one

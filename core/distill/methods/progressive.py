@@ -316,6 +316,9 @@ class Progressive(Method):
     def student_timesteps(self, steps: int) -> torch.Tensor:
         return sampling_schedule(self.process, steps, kind=self.options.schedule)
 
+    def sampler_spec(self, steps: int) -> dict[str, Any]:
+        return dict(super().sampler_spec(steps), name="ddim")
+
     def sample(
         self,
         student: Denoiser,

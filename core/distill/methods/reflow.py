@@ -206,6 +206,9 @@ class Reflow(Method):
     def student_timesteps(self, steps: int) -> torch.Tensor:
         return sampling_schedule(self.process, steps, kind=self.options.student_schedule)
 
+    def sampler_spec(self, steps: int) -> dict[str, Any]:
+        return dict(super().sampler_spec(steps), name=self.options.sampler)
+
     def sample(
         self,
         student: Denoiser,

@@ -192,6 +192,7 @@ class SCM(Method):
     description = "continuous-time consistency distillation in TrigFlow with JVP tangents (Lu & Song 2024)"
     paper = "arXiv:2410.11081"
     kinds = frozenset({"continuous"})
+    step_agnostic = True  # any-step sampling of one trained student
     needs_data = True
 
     @dataclass
@@ -266,11 +267,12 @@ class SCM(Method):
     def sampler_times(self, steps: int) -> list[float]:
         """The TrigFlow times of a ``steps``-step student: pi/2 (the process's t_max) first.
 
-        Default: ``t_i = atan2(u_i, sigma_d (1 - u_i))`` for ``u_i = 1 - i / steps``. ``u`` is the
-        noise fraction ``rho / (1 + rho)`` of the noise-to-signal ratio ``rho = sigma_d tan t``
-        (the time of a rectified-flow process), so the steps are uniform in a flow teacher's
-        time; at ``sigma_d = 0.5`` two steps give ``t = arctan 2 = 1.107``, the paper's 1.1.
-        ``options.sample_times`` (``steps - 1`` values) overrides the times after the first.
+        The times are set by the noise fraction ``u = rho / (1 + rho)`` of the noise-to-signal
+        ratio ``rho = sigma_d tan t`` (a rectified-flow teacher's own time), ``t = atan2(u,
+        sigma_d (1 - u))``. Default: the first re-noising at ``u = 1/2`` (for ``sigma_d = 0.5``
+        that is ``t = arctan 2 = 1.107``, the paper's two-step ``t = 1.1``), the others uniform in
+        ``u`` below it: ``u_i = (steps - i) / (2 (steps - 1))``, i.e. 1/2; 1/2, 1/4; 1/2, 1/3, 1/6
+        for 2, 3, 4 steps. ``options.sample_times`` (``steps - 1`` TrigFlow times) overrides them.
         """
         o = self.options
         lo, hi = self.time_range()
@@ -282,7 +284,8 @@ class SCM(Method):
                 )
             rest = [float(t) for t in o.sample_times]
         else:
-            rest = [math.atan2(1 - i / steps, o.sigma_d * i / steps) for i in range(1, steps)]
+            u = [(steps - i) / (2 * (steps - 1)) for i in range(1, steps)]
+            rest = [math.atan2(v, o.sigma_d * (1 - v)) for v in u]
         times = [hi] + [min(max(t, lo), hi) for t in rest]
         if any(b >= a for a, b in zip(times, times[1:])):
             raise DistillError(f"scm: the sampler's TrigFlow times must decrease from pi/2; got {times}")

@@ -58,6 +58,7 @@ class Shortcut(Method):
     description = "step-size-conditioned shortcut model with self-consistency targets (Frans et al. 2024)"
     paper = "arXiv:2410.12557"
     kinds = frozenset({"continuous"})
+    step_agnostic = True  # any-step sampling of one trained student
 
     @dataclass
     class Options:
@@ -193,6 +194,10 @@ class Shortcut(Method):
         return Losses(total=total, terms=terms)
 
     # --- sampler ------------------------------------------------------------------------------
+    def sampler_spec(self, steps: int) -> dict[str, Any]:
+        """The network takes extra inputs (see :meth:`sample`); no generic sampler reproduces it."""
+        return {"name": "method", "method": self.name, "steps": steps}
+
     def sample(self, student: Denoiser, noise: torch.Tensor, cond: Any = None, steps: int = 1,
                generator: torch.Generator | None = None) -> SampleResult:
         """``steps`` shortcut steps of size ``d = 1/steps`` (eq. 2; the paper's Algorithm 2).

@@ -1,9 +1,9 @@
 """The digits benchmark: every image method distils the bundled digits teacher.
 
-``distill bench image`` trains one student per (method, steps) for a fixed number of
-training steps (the documented budgets in :data:`STEPS`: ``kd`` 600, ``dmd`` 1,000,
-``dmd2`` 1,000 at one step and 500 at 2 and 4; ``--quick`` gives every method the same
-120 steps, and ``kd``/``dmd`` 1,024 teacher pairs instead of 4,096), then samples every row -- the
+``distill bench image`` trains one student per (method, steps) -- one per method for the
+step-agnostic ones -- for a fixed number of training steps (the documented budgets in
+:data:`STEPS`; ``--quick`` gives every method the same 120 steps, and the methods that
+regress on teacher pairs 1,024 of them instead of 4,096), then samples every row -- the
 teacher at its usual Heun 18 steps (35 NFE) and with Euler at 1, 2, 4, 8 NFE
 included -- from the same class labels and noise, and scores it in the bundled
 digits classifier's feature space against all 1,797 digits (FD, KID, precision,
@@ -20,19 +20,53 @@ from distill.bench import BenchSpec, deep_merge
 
 USUAL = {"sampler": "heun", "steps": 18}  # 35 NFE
 
+COSINE = {"student": {"decay": "cosine"}}
+CONSISTENCY = {"num_steps": 40, "schedule": "uniform", "target_ema": 0.95, "parameterization": "edm",
+               "distance": "pseudo_huber", "lr": 1e-4}
+PAIRS = {"cache_size": 4096, "cache_batch": 512}  # one 4,096-pair cache (Heun 18), shared on disk by every method
+
 METHOD_CONFIGS = {
-    "kd": {"method_args": {"pairs": "cached", "cache_size": 4096, "cache_batch": 512, "teacher_steps": 18, "lr": 2e-4},
-           "optim": {"student": {"decay": "cosine"}}, "ema": {"half_life": 100}},
+    "kd": {"method_args": {"pairs": "cached", **PAIRS, "teacher_steps": 18, "lr": 2e-4},
+           "optim": COSINE, "ema": {"half_life": 100}},
     "dmd2": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4},
-             "optim": {"student": {"decay": "cosine"}}, "ema": {"half_life": 50}},
+             "optim": COSINE, "ema": {"half_life": 50}},
     "dmd": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "regression_weight": 0.25,
-                            "cache_size": 4096, "cache_batch": 512},
-            "optim": {"student": {"decay": "cosine"}}, "ema": {"half_life": 50}},
+                            **PAIRS},
+            "optim": COSINE, "ema": {"half_life": 50}},
+    "progressive": {"method_args": {"start_steps": 16, "steps_per_round": 250, "teacher_weights": "ema", "lr": 1e-4},
+                    "ema": {"half_life": 50}},
+    "reflow": {"method_args": {"pairs": "cached", **PAIRS, "teacher_steps": 18, "lr": 1e-4, "distill_from_step": 600,
+                               "distill_teacher_steps": 8, "teacher_weights": "ema"},
+               "ema": {"half_life": 50}},
+    "cd": {"method_args": {**CONSISTENCY, "skip": 1, "teacher_solver": "heun"}, "optim": COSINE, "ema": {"half_life": 50}},
+    "lcm": {"method_args": {**CONSISTENCY, "skip": 2, "teacher_solver": "ddim", "guidance_min": 1.0,
+                            "guidance_max": 3.0, "guidance": 1.0},
+            "optim": COSINE, "ema": {"half_life": 50}},
+    "scm": {"method_args": {"sigma_d": 0.5, "p_mean": -1.0, "p_std": 1.4, "warmup_steps": 200, "lr": 1e-4,
+                            "tangent": "jvp"},
+            "optim": COSINE, "ema": {"half_life": 100}},
+    "meanflow": {"method_args": {"time_sampler": "uniform", "flow_fraction": 0.25, "weight_p": 0.5, **PAIRS, "lr": 1e-4},
+                 "optim": COSINE, "ema": {"half_life": 100}},
+    "shortcut": {"method_args": {"finest_steps": 16, "bootstrap_fraction": 0.5, **PAIRS, "lr": 1e-4},
+                 "optim": COSINE, "ema": {"half_life": 50}},
 }
-# Documented full budgets (training steps) per "method" or "method@steps".
-STEPS = {"kd": 600, "dmd": 1000, "dmd2": 1000, "dmd2@2": 500, "dmd2@4": 500}
+# Documented full budgets (training steps) per "method" or "method@steps". Progressive
+# distillation halves 16 steps in rounds of 250: 2 rounds to 4 steps, 3 to 2, 4 to 1.
+STEPS = {"kd": 600, "dmd": 1000, "dmd2": 1000, "dmd2@2": 500, "dmd2@4": 500,
+         "progressive": 1000, "progressive@2": 750, "progressive@4": 500,
+         "reflow": 1000, "cd": 1000, "lcm": 1000, "scm": 1000, "meanflow": 1000, "shortcut": 1000}
+# Step counts per method. Step-agnostic methods (cd, lcm, scm, meanflow, shortcut) train one
+# student and sample it at each; the others train one student per step count.
+METHOD_STEPS = {"dmd2": [1, 2, 4], "dmd": [1], "kd": [1], "progressive": [1, 2, 4], "reflow": [1],
+                "cd": [1, 2, 4], "lcm": [1, 2, 4], "scm": [1, 2, 4], "meanflow": [1, 2, 4], "shortcut": [1, 2, 4]}
 QUICK_STEPS = 120
-QUICK_CONFIGS = {m: {"method_args": {"cache_size": 1024}} for m in ("kd", "dmd")}  # fewer teacher pairs: 35 NFE each
+# --quick: fewer teacher pairs (35 NFE each), progressive rounds of 30 steps (4 rounds fit in
+# 120), reflow's distillation stage after 72 of them (the full recipe's 60 %).
+QUICK_CONFIGS = {
+    **{m: {"method_args": {"cache_size": 1024}} for m in ("kd", "dmd", "meanflow", "shortcut")},
+    "reflow": {"method_args": {"cache_size": 1024, "distill_from_step": 72}},
+    "progressive": {"method_args": {"steps_per_round": 30}},
+}
 
 
 def benchmark(quick: bool) -> BenchSpec:
@@ -48,7 +82,7 @@ def benchmark(quick: bool) -> BenchSpec:
             "trainer": {"max_minutes": None, "log_every": 20, "checkpoint_every": 0},
         },
         method_configs=configs,
-        method_steps={"dmd2": [1, 2, 4], "dmd": [1], "kd": [1]},
+        method_steps=METHOD_STEPS,
         n_samples=2000 if quick else 5000,
         seeds=1 if quick else 3,
         std_keys=["fd", "kid", "class_accuracy"],

@@ -31,6 +31,19 @@ def test_full_and_quick_specs():
     assert ImageModality.benchmark(True).max_steps == quick.max_steps
 
 
+def test_every_image_method_has_a_benchmark_recipe_and_budget():
+    """A method that binds to images but has no recipe here would run on defaults in `distill bench image`."""
+    from distill.plugins import get_manager
+
+    manager = get_manager()
+    distilling = {e.name for e in manager.methods.entries() if "continuous" in e.obj.kinds and e.obj.needs_teacher}
+    assert distilling <= set(METHOD_CONFIGS) and distilling <= set(STEPS)
+    assert {"progressive", "cd", "scm", "meanflow"} <= distilling
+    full = benchmark(False)
+    for m in distilling:
+        assert all(full.max_steps.get(f"{m}@{k}", full.max_steps.get(m)) for k in full.method_steps.get(m, [1]))
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_recipes_validate(path):
     cfg = load_config(path)

@@ -1,30 +1,64 @@
 """The toy benchmark: every method distils the exact ``ring8`` teacher under the same budget.
 
-``distill bench toy`` trains one student per (method, steps) for a fixed number of
-steps (full: ``kd`` 20,000, ``dmd2`` 6,000, each about 5-8 minutes on one CPU thread;
-``--quick``: a fifth of that), so the rows reproduce bitwise on the same machine and the
+``distill bench toy`` trains one student per (method, steps) -- one per method for the
+step-agnostic ones -- for a fixed number of steps (full: :data:`STEPS`, e.g. ``kd``
+20,000 and ``dmd2`` 6,000, each about 5-8 minutes on one CPU thread; ``--quick``: a
+fifth of that), so the rows reproduce bitwise on the same machine and the
 students' cosine learning-rate decay spans the whole run. Every row is scored on
 50,000 samples (20,000 quick) from the same noise; SW at fewer samples is dominated
 by sampling noise. The recipes here are the ones in ``configs/toy/<method>.yaml``.
 """
 from __future__ import annotations
 
-from distill.bench import BenchSpec
+from distill.bench import BenchSpec, deep_merge
 
 TEACHER = {"loader": "exact", "process": "flow"}
 USUAL = {"sampler": "heun", "steps": 18}  # 35 NFE
 
+COSINE = {"student": {"decay": "cosine"}}
+SMOOTH_TIME = {"network": {"time_scale": 10.0}}  # students whose loss differentiates the time embedding
+CONSISTENCY = {"num_steps": 40, "schedule": "uniform", "target_ema": 0.95, "parameterization": "edm",
+               "sigma_data": 0.5, "distance": "mse", "lr": 1e-3, "sample_schedule": "karras"}
+
 METHOD_CONFIGS = {
     "kd": {"method_args": {"pairs": "cached", "cache_size": 65536, "lr": 1e-3}, "ema": {"half_life": 500}},
     "dmd2": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow"},
-             "optim": {"student": {"decay": "cosine"}},
-             "data": {"batch_size": 512}, "ema": {"half_life": 200}},
+             "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
+    "dmd": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow",
+                            "regression_weight": 1.0, "cache_size": 32768, "cache_batch": 32768},
+            "optim": COSINE, "ema": {"half_life": 200}},
+    "progressive": {"method_args": {"start_steps": 8, "steps_per_round": 1200, "student_prediction": "flow",
+                                    "teacher_weights": "ema", "lr": 2e-3},
+                    "ema": {"half_life": 200}},
+    "reflow": {"method_args": {"pairs": "cached", "cache_size": 32768, "teacher_sampler": "heun", "teacher_steps": 18,
+                               "student_prediction": "flow", "lr": 2e-3},
+               "ema": {"half_life": 200}},
+    "cd": {"method_args": {**CONSISTENCY, "skip": 1, "teacher_solver": "heun", "sampler": "consistency"},
+           "ema": {"half_life": 200}},
+    "lcm": {"method_args": {**CONSISTENCY, "skip": 1, "teacher_solver": "ddim", "guidance_min": 1.0,
+                            "guidance_max": 4.0, "guidance": 2.0},
+            "ema": {"half_life": 200}},
+    "scm": {"method_args": {"sigma_d": 1.4, "p_mean": -1.5, "p_std": 1.4, "warmup_steps": 500, "lr": 2e-3},
+            "student": {"network": {"hidden": 128, "time_scale": 10.0}}, "optim": COSINE, "ema": {"half_life": 200}},
+    "meanflow": {"method_args": {"time_sampler": "uniform", "flow_fraction": 0.25, "weight_p": 0.5,
+                                 "cache_size": 65536, "lr": 1e-3},
+                 "student": SMOOTH_TIME, "optim": COSINE, "ema": {"half_life": 200}},
+    "shortcut": {"method_args": {"finest_steps": 16, "bootstrap_fraction": 0.5, "cache_size": 65536, "lr": 1e-3},
+                 "student": SMOOTH_TIME, "optim": COSINE, "ema": {"half_life": 50}},
 }
-STEPS = {"kd": 20_000, "dmd2": 6_000}
+STEPS = {"kd": 20_000, "dmd2": 6_000, "dmd": 1_500, "progressive": 3_600, "reflow": 3_000, "cd": 4_000, "lcm": 4_000,
+         "scm": 3_000, "meanflow": 6_000, "shortcut": 6_000}
+# one-step methods: 1; the one-step map of dmd2 chained over 2; step-agnostic students at 1, 2, 4
+METHOD_STEPS = {"dmd2": [1, 2], "reflow": [1, 2, 4], "cd": [1, 2, 4], "lcm": [1, 2, 4], "scm": [1, 2, 4],
+                "meanflow": [1, 2, 4], "shortcut": [1, 2, 4]}
 
 
 def benchmark(quick: bool) -> BenchSpec:
     scale = 5 if quick else 1
+    configs = METHOD_CONFIGS
+    if quick:  # progressive's rounds shrink with the budget, so the quick run still reaches one step
+        configs = {**configs, "progressive": deep_merge(configs["progressive"], {
+            "method_args": {"steps_per_round": configs["progressive"]["method_args"]["steps_per_round"] // scale}})}
     return BenchSpec(
         max_steps={method: steps // scale for method, steps in STEPS.items()},
         usual=USUAL,
@@ -36,8 +70,8 @@ def benchmark(quick: bool) -> BenchSpec:
             "trainer": {"max_minutes": None, "log_every": 200,
                         "checkpoint_every": 0, "cpu_threads": 1},
         },
-        method_configs=METHOD_CONFIGS,
-        method_steps={"dmd2": [1, 2]},
+        method_configs=configs,
+        method_steps=METHOD_STEPS,
         n_samples=20_000 if quick else 50_000,
         batch_size=10_000,
         metric_keys=["sliced_wasserstein", "sliced_wasserstein_1", "mmd", "mode_coverage", "mode_weights", "mode_weight_tv", "outlier_fraction"],
