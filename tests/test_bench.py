@@ -135,3 +135,23 @@ def test_step_agnostic_methods_train_one_student_for_all_step_counts(tmp_path, f
     assert len({r["train_seconds"] for r in rows}) == 1 and all(r["train_steps"] == 3 for r in rows)
     # the same student at more steps gives other samples
     assert len({r["paired_rmse_vs_teacher"] for r in rows}) == 3
+
+
+def test_overrides_reach_every_run_and_are_part_of_the_protocol(tmp_path, fixture_plugins, monkeypatch):
+    import pytest
+
+    import distill.engine.run as engine_run
+    from distill.errors import DistillError
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    seen = []
+    original = engine_run.train
+    monkeypatch.setattr(engine_run, "train", lambda cfg: seen.append(cfg.data.batch_size) or original(cfg))
+    out = tmp_path / "mix.json"
+    result = run_bench("mix", out=out, workdir=tmp_path / "w", progress=False, methods=["kd"],
+                       overrides=["data.batch_size=16"])
+    assert seen == [16] and result["overrides"] == ["data.batch_size=16"]
+    with pytest.raises(DistillError, match="another protocol.*overrides"):
+        run_bench("mix", out=out, workdir=tmp_path / "w2", progress=False, methods=[], merge=True)
+    with pytest.raises(DistillError, match="--set"):
+        run_bench("mix", progress=False, methods=[], overrides=["not a pair"])

@@ -90,8 +90,12 @@ def test_plugins_json_lists_methods_and_fixture_modality(capsys, fixture_plugins
     info = json.loads(out)
     assert set(info) >= {"plugins", "modalities", "methods", "teachers", "exporters", "metrics"}
     methods = {m["name"]: m for m in info["methods"]}
-    assert {"kd", "dmd2", "diffusion"} <= set(methods)
-    assert methods["dmd2"]["kinds"] == ["continuous"]
+    issue_4 = {"progressive", "reflow", "cd", "lcm", "scm", "meanflow", "shortcut"}
+    issue_5 = {"dmd", "vsd", "sid", "fdistill"}
+    assert {"kd", "dmd2", "diffusion"} | issue_4 | issue_5 <= set(methods)
+    assert all(methods[m]["kinds"] == ["continuous"] for m in {"dmd2"} | issue_4 | issue_5)
+    assert methods["kd"]["max_student_steps"] == 1 and methods["dmd2"]["max_student_steps"] is None
+    assert methods["cd"]["step_agnostic"] and not methods["progressive"]["step_agnostic"]
     assert "mix" in {m["name"] for m in info["modalities"]}
     assert all(set(p) >= {"name", "version", "hooks"} for p in info["plugins"])
 

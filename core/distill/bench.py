@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from filelock import FileLock
+from omegaconf import OmegaConf
 
 from distill.cache import cached_tensors, fingerprint
 from distill.engine.io import atomic_write_text
@@ -98,6 +98,7 @@ def run_bench(
     progress: bool = True,
     markdown: str | Path | None = None,
     merge: bool = False,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train every chosen method's students, then sample and score the teacher rows and theirs.
 
@@ -110,6 +111,8 @@ def run_bench(
     kind, sample count, seeds and teacher, or an error), so a long benchmark can be run a
     few methods at a time, in parallel processes: the read-merge-write of ``out`` is locked.
     Each method row's ``speedup_vs_teacher`` is against the teacher timed in its own process.
+    ``overrides`` (``key=value`` dotlist, e.g. ``modality_args.dataset=ring8_unequal``) change
+    the config of every run, the teacher's included; they are recorded in the result.
     """
     from distill.config import _build_run
     from distill.engine.run import build_modality, load_teacher, train
@@ -122,6 +125,14 @@ def run_bench(
         raise DistillError(f"modality {modality_name!r} defines no benchmark (Modality.benchmark)")
     spec: BenchSpec = modality_cls.benchmark(quick)
     base = deep_merge(spec.base_config, {"modality": modality_name})
+    if overrides:
+        bad_pairs = [o for o in overrides if "=" not in o]
+        if bad_pairs:
+            raise DistillError(f"--set takes key=value pairs (e.g. modality_args.dataset=ring8_unequal); got {bad_pairs}")
+        try:
+            base = deep_merge(base, OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))
+        except Exception as err:  # noqa: BLE001 -- OmegaConf's parse errors have no common base
+            raise DistillError(f"--set: cannot parse {overrides} as key=value pairs ({err})") from err
     if device == "cuda":
         base = deep_merge(base, {"trainer": {"accelerator": "gpu"}})
     cfg0 = _build_run(deep_merge(base, {"method": "kd"}))
@@ -148,6 +159,7 @@ def run_bench(
         "n_samples": spec.n_samples,
         "seeds": spec.seeds,
         "teacher_fingerprint": fingerprint(teacher_identity(teacher, *draws[0])),
+        "overrides": sorted(overrides or []),
     }
     if merge:
         _merge_base(Path(out), header)  # fail before hours of training, not after
@@ -255,7 +267,7 @@ def _cached_generate(sample_fn, noise: torch.Tensor, cond: Any, batch_size: int,
     return Generated(saved["samples"], int(saved["nfe"][0]), timing.seconds * noise.shape[0] / n, noise.shape[0])
 
 
-MERGE_KEYS = ("modality", "quick", "n_samples", "seeds", "teacher_fingerprint")
+MERGE_KEYS = ("modality", "quick", "n_samples", "seeds", "teacher_fingerprint", "overrides")
 
 
 def _merge_base(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
@@ -267,7 +279,8 @@ def _merge_base(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
         saved = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise DistillError(f"--merge: cannot read {path} ({err}); move it away or drop --merge") from err
-    differ = [f"{k}: {saved.get(k)!r} there, {header[k]!r} here" for k in MERGE_KEYS if saved.get(k) != header[k]]
+    differ = [f"{k}: {saved.get(k)!r} there, {header[k]!r} here" for k in MERGE_KEYS
+              if saved.get(k, [] if k == "overrides" else None) != header[k]]
     if differ:
         raise DistillError(f"--merge: {path} was measured under another protocol ({'; '.join(differ)}); "
                            "write to another --out, or rerun every method without --merge")

@@ -85,7 +85,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from distill.bench import run_bench
 
     run_bench(args.modality, quick=args.quick, out=args.out, device=args.device, methods=args.methods,
-              markdown=args.markdown, merge=args.merge)
+              markdown=args.markdown, merge=args.merge, overrides=args.set)
     return 0
 
 
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true",
                    help="keep the rows of methods not run here from --out (same protocol): run a long "
                         "benchmark a few --methods at a time, or in parallel processes")
+    p.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="config overrides for every run, e.g. modality_args.dataset=ring8_unequal")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("demo", help="distil the bundled teacher into a one-step student and write a report")

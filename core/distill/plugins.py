@@ -527,7 +527,8 @@ class PluginManager:
         "methods": [...], "teachers": [...], "exporters": [...], "metrics": [...],
         "failed": [{"name", "version", "stage", "hook", "error"}]}``; each entry of
         a kind list is ``{"name", "plugin", "description"}`` plus ``"kind"`` for
-        modalities and ``"kinds"`` (sorted list) for methods.
+        modalities and, for methods, ``"kinds"`` (sorted list), ``"max_student_steps"`` (None:
+        any) and ``"step_agnostic"`` (one trained student samples at any step count).
         """
         seen: dict[str, dict[str, Any]] = {}
         for info in self._state.plugins:
@@ -546,7 +547,11 @@ class PluginManager:
         return {
             "plugins": list(seen.values()),
             "modalities": entries(self.modalities, lambda e: {"kind": getattr(e.obj, "kind", None)}),
-            "methods": entries(self.methods, lambda e: {"kinds": sorted(getattr(e.obj, "kinds", ()))}),
+            "methods": entries(self.methods, lambda e: {
+                "kinds": sorted(getattr(e.obj, "kinds", ())),
+                "max_student_steps": getattr(e.obj, "max_student_steps", None),
+                "step_agnostic": bool(getattr(e.obj, "step_agnostic", False)),
+            }),
             "teachers": entries(self.teachers),
             "exporters": entries(self.exporters),
             "metrics": entries(self.metrics),

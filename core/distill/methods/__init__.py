@@ -6,14 +6,17 @@ from distill.methods.cd import CD, LCM
 from distill.methods.diffusion import Diffusion
 from distill.methods.dmd import DMD
 from distill.methods.dmd2 import DMD2
+from distill.methods.fdistill import FDistill
 from distill.methods.kd import KD
 from distill.methods.meanflow import MeanFlow
 from distill.methods.progressive import Progressive
 from distill.methods.reflow import Reflow
 from distill.methods.scm import SCM
 from distill.methods.shortcut import Shortcut
+from distill.methods.sid import SiD
+from distill.methods.vsd import VSD
 
-BUILTIN_METHODS = [KD, DMD, DMD2, Diffusion, CD, LCM, Progressive, Reflow, MeanFlow, SCM, Shortcut]
+BUILTIN_METHODS = [KD, DMD, DMD2, VSD, SiD, FDistill, Diffusion, CD, LCM, Progressive, Reflow, MeanFlow, SCM, Shortcut]
 
 
 @hookimpl

@@ -69,14 +69,20 @@ class DMD2(Method):
         self.student_steps = 1
 
     @property
-    def needs_data(self) -> bool:  # type: ignore[override]
+    def discriminates(self) -> bool:
+        """Whether a discriminator head is trained on real vs generated samples: for the GAN
+        term here, or for a subclass that reads its logits (``fdistill``'s density ratio)."""
         return self.options.gan_weight > 0
+
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        return self.discriminates
 
     # --- roles and phases ------------------------------------------------------
     def roles(self) -> list[Role]:
         o = self.options
         roles = [Role("student", lr=o.student_lr), Role("critic", lr=o.critic_lr, prediction=o.critic_prediction)]
-        if o.gan_weight > 0:
+        if self.discriminates:
             roles.append(Role("discriminator", init="method", denoiser=False, lr=o.discriminator_lr or o.critic_lr))
         return roles
 
@@ -84,7 +90,7 @@ class DMD2(Method):
         return ["critic"] * self.options.critic_updates + ["student"]
 
     def phase_roles(self, phase: str) -> list[str]:
-        if phase == "critic" and self.options.gan_weight > 0:
+        if phase == "critic" and self.discriminates:
             return ["critic", "discriminator"]
         return [phase]
 
@@ -95,7 +101,7 @@ class DMD2(Method):
 
     def setup(self, roles: Roles, modality) -> None:
         super().setup(roles, modality)
-        if self.options.gan_weight > 0:
+        if self.discriminates:
             self.feature_layer, _ = pick_feature_layer(roles.critic.net, self.options.feature_layer)
 
     # --- pieces ------------------------------------------------------------------
@@ -155,18 +161,7 @@ class DMD2(Method):
         o = self.options
         x0 = self.generate(batch, roles)
         t = self._times(batch)
-        with torch.no_grad():
-            x_t = self._noised(x0.detach(), batch, t)
-            real = self._real_x0(roles, x_t, t, batch)
-            fake = roles.critic.predict(x_t, t, batch.cond)
-            grad = fake - real
-            if o.normalize:
-                scale = (x0 - real).abs().flatten(1).mean(dim=1).clamp_min(1e-6)
-                grad = grad / scale.view(-1, *([1] * (x0.ndim - 1)))
-            grad = torch.nan_to_num(grad)
-        dm = 0.5 * F.mse_loss(x0, (x0 - grad).detach())
-        terms = {"dm": dm}
-        total = dm
+        total, terms = self._matching_loss(x0, t, batch, roles)
         if o.gan_weight > 0:
             t_gan = self._gan_times(batch, t)
             x_t = self._noised(x0, batch, t_gan)
@@ -174,6 +169,27 @@ class DMD2(Method):
             terms["gan"] = gan
             total = total + o.gan_weight * gan
         return Losses(total=total, terms=terms)
+
+    def _matching_loss(self, x0: torch.Tensor, t: torch.Tensor, batch: Batch, roles: Roles
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The distribution-matching term of the student loss at student samples ``x0`` (with
+        gradients) noised to times ``t``: DMD's normalised score difference (eq. 7-8).
+        Subclasses (``vsd``, ``sid``, ``fdistill``) replace this term and keep the rest."""
+        with torch.no_grad():
+            x_t = self._noised(x0.detach(), batch, t)
+            real = self._real_x0(roles, x_t, t, batch)
+            fake = roles.critic.predict(x_t, t, batch.cond)
+            grad = self._score_difference(x0, fake, real, x_t, t, batch, roles)
+        dm = 0.5 * F.mse_loss(x0, (x0 - grad).detach())
+        return dm, {"dm": dm}
+
+    def _score_difference(self, x0, fake, real, x_t, t, batch, roles) -> torch.Tensor:
+        """``x0_fake - x0_real``, divided by DMD's per-sample normaliser when ``normalize``."""
+        grad = fake - real
+        if self.options.normalize:
+            scale = (x0 - real).abs().flatten(1).mean(dim=1).clamp_min(1e-6)
+            grad = grad / scale.view(-1, *([1] * (x0.ndim - 1)))
+        return torch.nan_to_num(grad)
 
     def _critic_loss(self, batch: Batch, roles: Roles) -> Losses:
         o, p, critic = self.options, self.process, roles.critic
@@ -185,9 +201,9 @@ class DMD2(Method):
         denoise = F.mse_loss(critic.raw(x_t, t, batch.cond), target)
         terms = {"denoise": denoise}
         total = denoise
-        if o.gan_weight > 0:
+        if self.discriminates:
             if batch.x0 is None:
-                raise DistillError("dmd2 with gan_weight > 0 needs real data, but the batch has none")
+                raise DistillError(f"{self.name}: its discriminator needs real data, but the batch has none")
             t_gan = self._gan_times(batch, t)
             fake_t = x_t if t_gan is t else self._noised(x0, batch, t_gan)
             real_t = self._noised(batch.x0, batch, t_gan)

@@ -2,8 +2,8 @@
 
 ``distill bench image`` trains one student per (method, steps) -- one per method for the
 step-agnostic ones -- for a fixed number of training steps (the documented budgets in
-:data:`STEPS`; ``--quick`` gives every method the same 120 steps, and the methods that
-regress on teacher pairs 1,024 of them instead of 4,096), then samples every row -- the
+:data:`STEPS`; ``--quick`` trains one student per method for the same 100 steps, and the
+methods that regress on teacher pairs use 1,024 of them instead of 4,096), then samples every row -- the
 teacher at its usual Heun 18 steps (35 NFE) and with Euler at 1, 2, 4, 8 NFE
 included -- from the same class labels and noise, and scores it in the bundled
 digits classifier's feature space against all 1,797 digits (FD, KID, precision,
@@ -33,6 +33,12 @@ METHOD_CONFIGS = {
     "dmd": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "regression_weight": 0.25,
                             **PAIRS},
             "optim": COSINE, "ema": {"half_life": 50}},
+    "vsd": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "weighting": "sds"},
+            "optim": COSINE, "ema": {"half_life": 50}},
+    "sid": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "alpha": 1.2},
+            "optim": COSINE, "ema": {"half_life": 50}},
+    "fdistill": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "divergence": "forward_kl"},
+                 "optim": COSINE, "ema": {"half_life": 50}},
     "progressive": {"method_args": {"start_steps": 16, "steps_per_round": 250, "teacher_weights": "ema", "lr": 1e-4},
                     "ema": {"half_life": 50}},
     "reflow": {"method_args": {"pairs": "cached", **PAIRS, "teacher_steps": 18, "lr": 1e-4, "distill_from_step": 600,
@@ -53,20 +59,25 @@ METHOD_CONFIGS = {
 # Documented full budgets (training steps) per "method" or "method@steps". Progressive
 # distillation halves 16 steps in rounds of 250: 2 rounds to 4 steps, 3 to 2, 4 to 1.
 STEPS = {"kd": 600, "dmd": 1000, "dmd2": 1000, "dmd2@2": 500, "dmd2@4": 500,
+         "vsd": 1000, "sid": 1000, "fdistill": 1000,
          "progressive": 1000, "progressive@2": 750, "progressive@4": 500,
          "reflow": 1000, "cd": 1000, "lcm": 1000, "scm": 1000, "meanflow": 1000, "shortcut": 1000}
 # Step counts per method. Step-agnostic methods (cd, lcm, scm, meanflow, shortcut) train one
 # student and sample it at each; the others train one student per step count.
-METHOD_STEPS = {"dmd2": [1, 2, 4], "dmd": [1], "kd": [1], "progressive": [1, 2, 4], "reflow": [1],
+METHOD_STEPS = {"dmd2": [1, 2, 4], "dmd": [1], "kd": [1], "vsd": [1], "sid": [1], "fdistill": [1],
+                "progressive": [1, 2, 4], "reflow": [1],
                 "cd": [1, 2, 4], "lcm": [1, 2, 4], "scm": [1, 2, 4], "meanflow": [1, 2, 4], "shortcut": [1, 2, 4]}
-QUICK_STEPS = 120
-# --quick: fewer teacher pairs (35 NFE each), progressive rounds of 30 steps (4 rounds fit in
-# 120), reflow's distillation stage after 72 of them (the full recipe's 60 %).
+QUICK_STEPS = 100
+# --quick: fewer teacher pairs (35 NFE each), progressive rounds of 25 steps (4 rounds fit in
+# 100), reflow's distillation stage after 60 of them (the full recipe's 60 %), and one
+# student per method: the methods that train one student per step count train the 1-step
+# one only (step-agnostic students are still sampled at 1, 2 and 4 steps).
 QUICK_CONFIGS = {
     **{m: {"method_args": {"cache_size": 1024}} for m in ("kd", "dmd", "meanflow", "shortcut")},
-    "reflow": {"method_args": {"cache_size": 1024, "distill_from_step": 72}},
-    "progressive": {"method_args": {"steps_per_round": 30}},
+    "reflow": {"method_args": {"cache_size": 1024, "distill_from_step": 60}},
+    "progressive": {"method_args": {"steps_per_round": 25}},
 }
+QUICK_METHOD_STEPS = {**METHOD_STEPS, "dmd2": [1], "progressive": [1]}
 
 
 def benchmark(quick: bool) -> BenchSpec:
@@ -82,7 +93,7 @@ def benchmark(quick: bool) -> BenchSpec:
             "trainer": {"max_minutes": None, "log_every": 20, "checkpoint_every": 0},
         },
         method_configs=configs,
-        method_steps=METHOD_STEPS,
+        method_steps=QUICK_METHOD_STEPS if quick else METHOD_STEPS,
         n_samples=2000 if quick else 5000,
         seeds=1 if quick else 3,
         std_keys=["fd", "kid", "class_accuracy"],

@@ -24,6 +24,15 @@ METHOD_CONFIGS = {
     "kd": {"method_args": {"pairs": "cached", "cache_size": 65536, "lr": 1e-3}, "ema": {"half_life": 500}},
     "dmd2": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow"},
              "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
+    "vsd": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow",
+                            "weighting": "sds"},
+            "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
+    "sid": {"method_args": {"critic_updates": 2, "student_lr": 3e-4, "critic_lr": 1e-3, "critic_prediction": "flow",
+                            "alpha": 1.2},
+            "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
+    "fdistill": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow",
+                                 "divergence": "forward_kl"},
+                 "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
     "dmd": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow",
                             "regression_weight": 1.0, "cache_size": 32768, "cache_batch": 32768},
             "optim": COSINE, "ema": {"half_life": 200}},
@@ -46,7 +55,7 @@ METHOD_CONFIGS = {
     "shortcut": {"method_args": {"finest_steps": 16, "bootstrap_fraction": 0.5, "cache_size": 65536, "lr": 1e-3},
                  "student": SMOOTH_TIME, "optim": COSINE, "ema": {"half_life": 50}},
 }
-STEPS = {"kd": 20_000, "dmd2": 6_000, "dmd": 1_500, "progressive": 3_600, "reflow": 3_000, "cd": 4_000, "lcm": 4_000,
+STEPS = {"kd": 20_000, "dmd2": 6_000, "vsd": 6_000, "sid": 6_000, "fdistill": 6_000, "dmd": 1_500, "progressive": 3_600, "reflow": 3_000, "cd": 4_000, "lcm": 4_000,
          "scm": 3_000, "meanflow": 6_000, "shortcut": 6_000}
 # one-step methods: 1; the one-step map of dmd2 chained over 2; step-agnostic students at 1, 2, 4
 METHOD_STEPS = {"dmd2": [1, 2], "reflow": [1, 2, 4], "cd": [1, 2, 4], "lcm": [1, 2, 4], "scm": [1, 2, 4],
