@@ -20,11 +20,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/distill demo
 
+# Two workers (pytest-xdist): the slow end-to-end tests run one CPU thread each.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 bench-toy: install
 	$(BIN)/distill bench toy --out docs/benchmarks/toy.json

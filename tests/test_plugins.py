@@ -513,9 +513,9 @@ def test_describe_shape_and_json(core):
     assert {"name": "tokens", "plugin": "distill-plugin-tokens",
             "description": "arithmetic and dependency-chain languages", "kind": "discrete"} in d["modalities"]
     assert {"name": "lsd", "plugin": "distill-plugin-tokens", "description": "a method for both kinds",
-            "kinds": ["continuous", "discrete"]} in d["methods"]
+            "kinds": ["continuous", "discrete"], "max_student_steps": None, "step_agnostic": False} in d["methods"]
     assert all(set(e) == {"name", "plugin", "description", "kind"} for e in d["modalities"])
-    assert all(set(e) == {"name", "plugin", "description", "kinds"} for e in d["methods"])
+    assert all(set(e) == {"name", "plugin", "description", "kinds", "max_student_steps", "step_agnostic"} for e in d["methods"])
     for key in ("teachers", "exporters", "metrics"):
         assert d[key] and all(set(e) == {"name", "plugin", "description"} for e in d[key])
     assert d["failed"] == [{"name": "distill-plugin-broken", "version": "0.3", "stage": "import",

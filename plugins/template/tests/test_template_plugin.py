@@ -51,7 +51,8 @@ def test_hook_registers_the_method():
     assert m.hooks_of("distill-plugin-template") == ["distill_register_methods"]
     described = m.describe()["methods"]
     assert described == [{"name": "template", "plugin": "distill-plugin-template",
-                          "description": TemplateMethod.description, "kinds": ["continuous"]}]
+                          "description": TemplateMethod.description, "kinds": ["continuous"],
+                          "max_student_steps": TemplateMethod.max_student_steps, "step_agnostic": False}]
 
 
 def test_refuses_discrete_modalities():
