@@ -110,7 +110,7 @@ def teacher_identity(teacher: Denoiser, noise: torch.Tensor, cond: Any) -> list[
         x_t = noise[:n].to(device) * process.sigma(t.double()).to(noise.dtype).view(-1, *[1] * (noise.dim() - 1))
         answer = teacher.raw(x_t, t, c).float().cpu()
     return [teacher, type(teacher.net).__qualname__, repr(process), teacher.prediction, repr(teacher.time_input),
-            torch.round(answer * 1000)]
+            torch.round(answer * 1000) + 0.0]  # + 0.0 turns -0.0 into 0.0 (same value, other bytes)
 
 
 def _device(module: torch.nn.Module) -> torch.device:
