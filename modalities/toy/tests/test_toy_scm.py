@@ -3,17 +3,14 @@
 The fresh student MLP reads time through sinusoidal features of ``time_scale * t``; the
 reference scale (1000) lets the continuous-time consistency update amplify fast
 oscillations in time and the run diverges, so the student is built with
-``time_scale: 10`` (docs/methods/scm.md, failure modes). That override is why this file
-builds its own config instead of calling ``_run``; the scores come from ``_scores``.
+``time_scale: 10`` (docs/methods/scm.md, failure modes), merged into ``_run``'s config with
+the recipe's cosine decay.
 """
 from __future__ import annotations
 
 import pytest
 
-from distill.config import _build_run
-from distill.engine.run import train
-
-from test_toy_methods import _scores
+from test_toy_methods import _run, _scores
 
 # SW_2 of exact samples: 20,000 fresh ring8 draws against the same reference scored
 # 0.055 +- 0.0127 (mean +- std over 10 seeds), so the metric cannot tell apart two
@@ -27,17 +24,8 @@ RECIPE = {
 
 
 def _train(tmp_path, steps: int):
-    cfg = _build_run({
-        "modality": "toy", "method": "scm", "method_args": RECIPE["method_args"],
-        "teacher": {"loader": "exact", "process": "flow"},
-        "student": {"steps": 1, "network": RECIPE["network"]},
-        "data": {"batch_size": 256}, "ema": {"half_life": 200},
-        "optim": {"student": {"decay": "cosine"}},
-        "trainer": {"max_steps": steps, "progress": False, "checkpoint_every": 0, "log_every": 500, "seed": 0,
-                    "cpu_threads": 1},
-        "output": {"dir": str(tmp_path / "scm")},
-    })
-    return train(cfg)
+    return _run(tmp_path, "scm", steps, RECIPE["method_args"], student={"network": RECIPE["network"]},
+                optim={"student": {"decay": "cosine"}}, trainer={"cpu_threads": 1})
 
 
 @pytest.mark.slow
