@@ -42,17 +42,7 @@ def test_seeds_average_metrics_and_report_their_spread():
 
 
 def test_bench_over_several_noise_seeds(tmp_path, fixture_plugins, monkeypatch):
-    from distill.plugins import get_manager
-
-    cls = get_manager().modality("mix")
-    original = cls.benchmark.__func__
-
-    def three_seeds(klass, quick=False):
-        spec = original(klass, quick)
-        spec.seeds, spec.std_keys = 3, ["sliced_wasserstein"]
-        return spec
-
-    monkeypatch.setattr(cls, "benchmark", classmethod(three_seeds))
+    _spec_with(monkeypatch, seeds=3, std_keys=["sliced_wasserstein"])
     result = run_bench("mix", workdir=tmp_path / "work", progress=False, methods=["kd"])
     assert result["seeds"] == 3
     assert all("sliced_wasserstein_std" in r for r in result["rows"])

@@ -49,11 +49,15 @@ def _hellinger(log_r: torch.Tensor) -> torch.Tensor:
 WEIGHTS = {"reverse_kl": _reverse_kl, "forward_kl": _forward_kl, "js": _js, "hellinger": _hellinger}
 
 
+def check_divergence(divergence: str) -> None:
+    if divergence not in WEIGHTS:
+        raise DistillError(f"fdistill: unknown divergence {divergence!r}; expected one of {', '.join(WEIGHTS)}")
+
+
 def f_weights(log_r: torch.Tensor, divergence: str, clip: float | None = None, normalize: bool = True) -> torch.Tensor:
     """Per-sample weights ``h(r)`` from log density ratios [B], clipped to ``|log r| <= clip``
     and, with ``normalize``, divided by their mean (f-distill eq. 9)."""
-    if divergence not in WEIGHTS:
-        raise DistillError(f"fdistill: unknown divergence {divergence!r}; expected one of {', '.join(WEIGHTS)}")
+    check_divergence(divergence)
     if clip is not None:
         log_r = log_r.clamp(-clip, clip)
     h = WEIGHTS[divergence](log_r.to(torch.float64))
@@ -76,8 +80,7 @@ class FDistill(DMD2):
     def __init__(self, options=None) -> None:
         super().__init__(options)
         o = self.options
-        if o.divergence not in WEIGHTS:
-            raise DistillError(f"fdistill: unknown divergence {o.divergence!r}; expected one of {', '.join(WEIGHTS)}")
+        check_divergence(o.divergence)
         if o.gan_t_lo is not None or o.gan_t_hi is not None:
             # the ratio is read at the matching term's times, so the discriminator must learn them
             raise DistillError("fdistill: the discriminator estimates the density ratio at the matching times; "

@@ -79,11 +79,11 @@ class TeacherODE:
         noise = torch.cat(noises)
 
         def solve() -> dict[str, torch.Tensor]:
-            targets = []
+            targets, device = [], _device(teacher)
             with Progress(transient=True) as progress:
                 task = progress.add_task(f"{label}: teacher pairs", total=size)
                 for z, c in zip(noises, conds):
-                    targets.append(self.endpoint(teacher, z.to(_device(teacher)), _to(c, _device(teacher))).cpu())
+                    targets.append(self.endpoint(teacher, z.to(device), _to(c, device)).cpu())
                     progress.update(task, advance=z.shape[0])
             return {"x0": torch.cat(targets)}
 

@@ -32,12 +32,16 @@ from distill.process.gaussian import expand_like
 WEIGHTINGS = ("sds", "uniform")
 
 
+def check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise DistillError(f"vsd: unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+
+
 def vsd_gradient(x0_fake: torch.Tensor, x0_real: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
                  weighting: str = "sds") -> torch.Tensor:
     """VSD's gradient on the student sample, ``w(t) alpha^2 / sigma (x0_fake - x0_real)``, with
     ``alpha``, ``sigma`` of shape [B] (``w = sigma^2`` for ``sds``, 1 for ``uniform``)."""
-    if weighting not in WEIGHTINGS:
-        raise DistillError(f"vsd: unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+    check_weighting(weighting)
     power = 1 if weighting == "sds" else -1  # w alpha^2 / sigma = alpha^2 sigma^power
     scale = alpha.to(torch.float64) ** 2 * sigma.to(torch.float64) ** power
     return expand_like(scale, x0_fake).to(x0_fake.dtype) * (x0_fake - x0_real)
@@ -56,8 +60,7 @@ class VSD(DMD2):
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        if self.options.weighting not in WEIGHTINGS:
-            raise DistillError(f"vsd: unknown weighting {self.options.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+        check_weighting(self.options.weighting)
         if self.options.normalize:
             raise DistillError("vsd: normalize is DMD's per-sample normaliser; use method dmd2 for it (vsd weights by w(t))")
 

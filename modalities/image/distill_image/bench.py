@@ -23,22 +23,18 @@ USUAL = {"sampler": "heun", "steps": 18}  # 35 NFE
 COSINE = {"student": {"decay": "cosine"}}
 CONSISTENCY = {"num_steps": 40, "schedule": "uniform", "target_ema": 0.95, "parameterization": "edm",
                "distance": "pseudo_huber", "lr": 1e-4}
+# the distribution-matching family shares dmd2's recipe (docs/modalities/image.md: how it was chosen)
+DM = {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4}
 PAIRS = {"cache_size": 4096, "cache_batch": 512}  # one 4,096-pair cache (Heun 18), shared on disk by every method
 
 METHOD_CONFIGS = {
     "kd": {"method_args": {"pairs": "cached", **PAIRS, "teacher_steps": 18, "lr": 2e-4},
            "optim": COSINE, "ema": {"half_life": 100}},
-    "dmd2": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4},
-             "optim": COSINE, "ema": {"half_life": 50}},
-    "dmd": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "regression_weight": 0.25,
-                            **PAIRS},
-            "optim": COSINE, "ema": {"half_life": 50}},
-    "vsd": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "weighting": "sds"},
-            "optim": COSINE, "ema": {"half_life": 50}},
-    "sid": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "alpha": 1.2},
-            "optim": COSINE, "ema": {"half_life": 50}},
-    "fdistill": {"method_args": {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4, "divergence": "forward_kl"},
-                 "optim": COSINE, "ema": {"half_life": 50}},
+    "dmd2": {"method_args": dict(DM), "optim": COSINE, "ema": {"half_life": 50}},
+    "dmd": {"method_args": {**DM, "regression_weight": 0.25, **PAIRS}, "optim": COSINE, "ema": {"half_life": 50}},
+    "vsd": {"method_args": {**DM, "weighting": "sds"}, "optim": COSINE, "ema": {"half_life": 50}},
+    "sid": {"method_args": {**DM, "alpha": 1.2}, "optim": COSINE, "ema": {"half_life": 50}},
+    "fdistill": {"method_args": {**DM, "divergence": "forward_kl"}, "optim": COSINE, "ema": {"half_life": 50}},
     "progressive": {"method_args": {"start_steps": 16, "steps_per_round": 250, "teacher_weights": "ema", "lr": 1e-4},
                     "ema": {"half_life": 50}},
     "reflow": {"method_args": {"pairs": "cached", **PAIRS, "teacher_steps": 18, "lr": 1e-4, "distill_from_step": 600,

@@ -17,24 +17,21 @@ USUAL = {"sampler": "heun", "steps": 18}  # 35 NFE
 
 COSINE = {"student": {"decay": "cosine"}}
 SMOOTH_TIME = {"network": {"time_scale": 10.0}}  # students whose loss differentiates the time embedding
+# dmd2's toy recipe, shared by the distribution-matching family (sid needs lower rates)
+DM = {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow"}
 CONSISTENCY = {"num_steps": 40, "schedule": "uniform", "target_ema": 0.95, "parameterization": "edm",
                "sigma_data": 0.5, "distance": "mse", "lr": 1e-3, "sample_schedule": "karras"}
 
 METHOD_CONFIGS = {
     "kd": {"method_args": {"pairs": "cached", "cache_size": 65536, "lr": 1e-3}, "ema": {"half_life": 500}},
-    "dmd2": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow"},
-             "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
-    "vsd": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow",
-                            "weighting": "sds"},
+    "dmd2": {"method_args": dict(DM), "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
+    "vsd": {"method_args": {**DM, "weighting": "sds"},
             "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
-    "sid": {"method_args": {"critic_updates": 2, "student_lr": 1e-4, "critic_lr": 3e-4, "critic_prediction": "flow",
-                            "alpha": 1.0},
+    "sid": {"method_args": {**DM, "student_lr": 1e-4, "critic_lr": 3e-4, "alpha": 1.0},
             "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
-    "fdistill": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow",
-                                 "divergence": "forward_kl"},
+    "fdistill": {"method_args": {**DM, "divergence": "forward_kl"},
                  "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 200}},
-    "dmd": {"method_args": {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow",
-                            "regression_weight": 1.0, "cache_size": 32768, "cache_batch": 32768},
+    "dmd": {"method_args": {**DM, "regression_weight": 1.0, "cache_size": 32768, "cache_batch": 32768},
             "optim": COSINE, "ema": {"half_life": 200}},
     "progressive": {"method_args": {"start_steps": 8, "steps_per_round": 1200, "student_prediction": "flow",
                                     "teacher_weights": "ema", "lr": 2e-3},
