@@ -145,3 +145,47 @@ def test_overrides_reach_every_run_and_are_part_of_the_protocol(tmp_path, fixtur
         run_bench("mix", out=out, workdir=tmp_path / "w2", progress=False, methods=[], merge=True)
     with pytest.raises(DistillError, match="--set"):
         run_bench("mix", progress=False, methods=[], overrides=["not a pair"])
+
+
+def test_reuse_loads_finished_runs_of_the_same_config_and_retrains_the_rest(tmp_path, fixture_plugins, monkeypatch):
+    import pytest
+
+    import distill.engine.run as engine_run
+    from distill.errors import DistillError
+
+    work = tmp_path / "w"
+    first = run_bench("mix", workdir=work, progress=False, methods=["kd"])
+    trained = []
+    original = engine_run.train
+    monkeypatch.setattr(engine_run, "train", lambda cfg: trained.append(cfg.method) or original(cfg))
+    again = run_bench("mix", workdir=work, progress=False, methods=["kd"], reuse=True)
+    assert trained == []  # the finished kd run was loaded, not retrained
+    kd = [r for r in first["rows"] if r["method"] == "kd"]
+    reused = [r for r in again["rows"] if r["method"] == "kd"]
+    # same student, same noise: the same samples, hence the same scores and training record
+    for key in ("sliced_wasserstein", "paired_rmse_vs_teacher", "train_steps", "train_seconds"):
+        assert [r[key] for r in reused] == [r[key] for r in kd]
+    # another config (a longer budget here) is retrained, in place
+    _spec_with(monkeypatch, max_steps={"kd": 4})
+    third = run_bench("mix", workdir=work, progress=False, methods=["kd"], reuse=True)
+    assert trained == ["kd"] and [r["train_steps"] for r in third["rows"] if r["method"] == "kd"] == [4]
+    with pytest.raises(DistillError, match="--reuse needs --workdir"):
+        run_bench("mix", progress=False, methods=["kd"], reuse=True)
+
+
+def test_the_scoring_protocol_is_part_of_the_merge_check(tmp_path, fixture_plugins, monkeypatch):
+    import pytest
+
+    from distill.errors import DistillError
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "mix.json"
+    run_bench("mix", out=out, workdir=tmp_path / "w", progress=False, methods=[])
+    old = json.loads(out.read_text())
+    assert old["protocol"] == ""
+    del old["protocol"]  # a file written before the key existed reads as the empty protocol
+    out.write_text(json.dumps(old))
+    run_bench("mix", out=out, workdir=tmp_path / "w", progress=False, methods=[], merge=True)
+    _spec_with(monkeypatch, protocol="balanced labels")
+    with pytest.raises(DistillError, match="another protocol.*protocol"):
+        run_bench("mix", out=out, workdir=tmp_path / "w2", progress=False, methods=[], merge=True)

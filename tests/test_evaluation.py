@@ -55,3 +55,26 @@ def test_score_adds_paired_metrics_only_against_a_baseline():
     assert score(m, x, None) == {"n": 4} and m.context == {}
     out = score(m, x, None, baseline=torch.ones(4, 2))
     assert out == {"n": 4, "paired_rmse_vs_teacher": 1.0} and torch.equal(m.context["teacher_samples"], torch.ones(4, 2))
+
+
+def test_noise_and_cond_draws_the_modality_evaluation_conditions():
+    from distill.evaluation import noise_and_cond
+    from distill.modality import Modality
+
+    class Labelled(Modality):
+        sample_shape = (2,)
+
+        def sample_condition(self, n, generator=None, device=None):
+            return torch.zeros(n, dtype=torch.long)
+
+        def evaluation_condition(self, n, generator=None, device=None):
+            return torch.arange(n)
+
+    class Default(Labelled):
+        evaluation_condition = Modality.evaluation_condition
+
+    noise, cond = noise_and_cond(Labelled(), 5, seed=3)
+    assert noise.shape == (5, 2) and cond.tolist() == [0, 1, 2, 3, 4]
+    # by default an evaluation draws what training draws
+    assert noise_and_cond(Default(), 5, seed=3)[1].tolist() == [0] * 5
+    assert torch.equal(noise_and_cond(Default(), 5, seed=3)[0], noise)

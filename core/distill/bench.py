@@ -16,7 +16,6 @@ import json
 import platform
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,21 @@ class BenchSpec:
     std_keys: list[str] = field(default_factory=list)
     metric_keys: list[str] | None = None  # keep only these metrics in rows (None: all)
     default_steps: list[int] = field(default_factory=lambda: [1])
+    # How the modality scores, in words (e.g. how evaluation conditions are drawn); part of
+    # the result's header, so --merge never mixes rows scored under two protocols.
+    protocol: str = ""
+
+
+@dataclass
+class _Student:
+    """A trained (or reused) student and what training it cost."""
+
+    method: str
+    steps: list[int]  # the step counts it is sampled at
+    sampler: Any  # the Method whose ``sample`` runs it
+    net: Any  # the Denoiser to sample (EMA weights when the run kept them)
+    train_steps: int
+    train_seconds: float  # the training loop's time (metrics.jsonl), set-up excluded
 
 
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +113,7 @@ def run_bench(
     markdown: str | Path | None = None,
     merge: bool = False,
     overrides: list[str] | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Train every chosen method's students, then sample and score the teacher rows and theirs.
 
@@ -111,6 +126,10 @@ def run_bench(
     kind, sample count, seeds and teacher, or an error), so a long benchmark can be run a
     few methods at a time, in parallel processes: the read-merge-write of ``out`` is locked.
     Each method row's ``speedup_vs_teacher`` is against the teacher timed in its own process.
+    With ``reuse`` (needs ``workdir``), a student whose run directory in ``workdir`` holds a
+    finished run of exactly the config this benchmark would train is loaded instead of
+    retrained (its ``train_seconds`` are the ones that run logged), so a change in scoring
+    re-scores the same students.
     ``overrides`` (``key=value`` dotlist, e.g. ``modality_args.dataset=ring8_unequal``) change
     the config of every run, the teacher's included; they are recorded in the result.
     """
@@ -150,6 +169,8 @@ def run_bench(
         raise DistillError(f"BenchSpec.seeds must be at least 1; got {spec.seeds}")
     if merge and not out:
         raise DistillError("--merge needs --out: the file whose other methods' rows to keep")
+    if reuse and not workdir:
+        raise DistillError("--reuse needs --workdir: the folder whose finished student runs to reuse")
 
     draws = [noise_and_cond(modality, spec.n_samples, spec.seed + s, dev) for s in range(spec.seeds)]
     header = {
@@ -160,13 +181,14 @@ def run_bench(
         "seeds": spec.seeds,
         "teacher_fingerprint": fingerprint(teacher_identity(teacher, *draws[0])),
         "overrides": sorted(overrides or []),
+        "protocol": spec.protocol,
     }
     if merge:
         _merge_base(Path(out), header)  # fail before hours of training, not after
 
     # 1. Train. A step-agnostic method (its training ignores student.steps) trains one student
     #    and is sampled at each of its step counts.
-    trained: list[tuple[str, list[int], Any, float]] = []
+    trained: list[_Student] = []
     tmp = Path(workdir or tempfile.mkdtemp(prefix="distill-bench-"))
     for method in chosen:
         method_cls = manager.method(method)
@@ -181,11 +203,14 @@ def run_bench(
                                            "output": {"dir": str(tmp / f"{method}-{steps}")},
                                            "trainer": {"progress": progress}})
             cfg = _build_run(run_cfg)
+            if reuse and (done := _finished_run(cfg, method, group)) is not None:
+                trained.append(done)
+                continue
             if Path(cfg.output.dir).exists():
                 shutil.rmtree(cfg.output.dir)
-            began = time.perf_counter()
             run = train(cfg)
-            trained.append((method, group, run.module, time.perf_counter() - began))
+            trained.append(_Student(method, group, run.module.method, run.module.student_for_sampling(ema=True),
+                                    int(run.module.distill_step), _last_record(run.run_dir).get("seconds", 0.0)))
 
     reference = modality.reference(spec.n_samples, torch.Generator().manual_seed(spec.seed + REFERENCE_SEED_OFFSET))
     usual_samples: list[torch.Tensor] = []  # the teacher's usual-setting samples, per seed
@@ -224,13 +249,13 @@ def run_bench(
         rows.append(Row("teacher", k, nfe, ms, metrics, {"sampler": name, "usual": usual}))
 
     # 3. The students' rows.
-    for method, group, module, seconds in trained:
-        student = module.student_for_sampling(ema=True).to(dev).eval()
-        for steps in group:
-            nfe, ms, metrics, _ = measure(lambda s: student_sample_fn(module.method, student, steps, seed=spec.seed + s),
-                                          f"{method} x{steps}")
-            rows.append(Row(method, steps, nfe, ms, metrics, {
-                "train_steps": int(module.distill_step), "train_seconds": round(seconds, 1)}))
+    for done in trained:
+        student = done.net.to(dev).eval()
+        for steps in done.steps:
+            nfe, ms, metrics, _ = measure(lambda s: student_sample_fn(done.sampler, student, steps, seed=spec.seed + s),
+                                          f"{done.method} x{steps}")
+            rows.append(Row(done.method, steps, nfe, ms, metrics, {
+                "train_steps": done.train_steps, "train_seconds": round(done.train_seconds, 1)}))
     result = dict(header, rows=records_with_speedup(rows, rows[0].ms_per_sample))
     if out:
         with FileLock(str(out) + ".lock"):
@@ -241,6 +266,43 @@ def run_bench(
         atomic_write_text(Path(markdown), markdown_table(result))
     _print(result)
     return result
+
+
+def _finished_run(cfg: Any, method: str, steps: list[int]) -> _Student | None:
+    """The student of a finished run of exactly ``cfg`` in ``cfg.output.dir`` (None when there
+    is none: no run, another config, or a run that stopped before ``trainer.max_steps``)."""
+    from distill.config import load_config
+    from distill.engine.run import open_run
+
+    run_dir = Path(cfg.output.dir)
+    saved, log = run_dir / "config.yaml", run_dir / "metrics.jsonl"
+    if not saved.is_file() or not log.is_file():
+        return None
+
+    def comparable(c: Any) -> dict[str, Any]:
+        data = OmegaConf.to_container(OmegaConf.structured(c))
+        data["trainer"].pop("progress", None)  # how it was displayed, not what it trained
+        data["output"].pop("dir", None)  # where it was written (a copied run folder still counts)
+        return data
+
+    if comparable(load_config(saved)) != comparable(cfg):
+        print(f"--reuse: {run_dir} was trained with another config; retraining it")
+        return None
+    last = _last_record(run_dir)
+    if last.get("step") != cfg.trainer.max_steps:
+        print(f"--reuse: {run_dir} stopped at step {last.get('step')} of {cfg.trainer.max_steps}; retraining it")
+        return None
+    opened = open_run(run_dir, load_teacher_too=False)
+    print(f"--reuse: {method} x{steps} from {run_dir} ({opened.student_file.name})")
+    return _Student(method, steps, opened.method, opened.student, int(last["step"]), float(last.get("seconds", 0.0)))
+
+
+def _last_record(run_dir: Path) -> dict[str, Any]:
+    """The last line of a run's ``metrics.jsonl`` (its ``seconds``: the training loop's time,
+    without set-up such as solving teacher pairs, which the on-disk cache may have held)."""
+    log = Path(run_dir) / "metrics.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
 
 
 def _device_name(device: str) -> str:
@@ -267,7 +329,7 @@ def _cached_generate(sample_fn, noise: torch.Tensor, cond: Any, batch_size: int,
     return Generated(saved["samples"], int(saved["nfe"][0]), timing.seconds * noise.shape[0] / n, noise.shape[0])
 
 
-MERGE_KEYS = ("modality", "quick", "n_samples", "seeds", "teacher_fingerprint", "overrides")
+MERGE_KEYS = ("modality", "quick", "n_samples", "seeds", "teacher_fingerprint", "overrides", "protocol")
 
 
 def _merge_base(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
@@ -280,7 +342,7 @@ def _merge_base(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError) as err:
         raise DistillError(f"--merge: cannot read {path} ({err}); move it away or drop --merge") from err
     differ = [f"{k}: {saved.get(k)!r} there, {header[k]!r} here" for k in MERGE_KEYS
-              if saved.get(k, [] if k == "overrides" else None) != header[k]]
+              if saved.get(k, {"overrides": [], "protocol": ""}.get(k)) != header[k]]
     if differ:
         raise DistillError(f"--merge: {path} was measured under another protocol ({'; '.join(differ)}); "
                            "write to another --out, or rerun every method without --merge")

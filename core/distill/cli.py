@@ -85,7 +85,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from distill.bench import run_bench
 
     run_bench(args.modality, quick=args.quick, out=args.out, device=args.device, methods=args.methods,
-              markdown=args.markdown, merge=args.merge, overrides=args.set)
+              markdown=args.markdown, merge=args.merge, overrides=args.set, workdir=args.workdir, reuse=args.reuse)
     return 0
 
 
@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "benchmark a few --methods at a time, or in parallel processes")
     p.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE",
                    help="config overrides for every run, e.g. modality_args.dataset=ring8_unequal")
+    p.add_argument("--workdir", default=None,
+                   help="train the students in this folder (default: a new temporary folder)")
+    p.add_argument("--reuse", action="store_true",
+                   help="load a student from --workdir when a finished run of the same config is there, "
+                        "instead of retraining it (re-score students after a change in scoring)")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("demo", help="distil the bundled teacher into a one-step student and write a report")

@@ -74,10 +74,11 @@ def records_with_speedup(rows: list[Row], base_ms: float) -> list[dict[str, Any]
 
 
 def noise_and_cond(modality: Modality, n: int, seed: int, device: Any = "cpu") -> tuple[torch.Tensor, Any]:
-    """The evaluation noise: the same seed gives the same noise to teacher and students."""
+    """The evaluation noise and conditions (:meth:`Modality.evaluation_condition`): the same
+    seed gives the same noise to teacher and students."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, *modality.sample_shape), generator=generator)
-    cond = modality.sample_condition(n, generator)
+    cond = modality.evaluation_condition(n, generator)
     return noise.to(device), (cond.to(device) if isinstance(cond, torch.Tensor) else cond)
 
 

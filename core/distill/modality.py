@@ -74,6 +74,13 @@ class Modality:
         """Conditioning for ``n`` generated samples (data-free training, evaluation)."""
         return None
 
+    def evaluation_condition(self, n: int, generator: torch.Generator | None = None, device: Any = None) -> Any:
+        """Conditioning of the ``n`` samples an evaluation or benchmark scores (default:
+        :meth:`sample_condition`). A modality whose metrics compare against a reference set
+        overrides it to match the reference's conditions exactly, so that the noise is the
+        only random part of a score (random class proportions move a Fréchet distance)."""
+        return self.sample_condition(n, generator, device)
+
     def null_condition(self, n: int, device: Any = None) -> Any:
         """The 'no condition' input used for classifier-free guidance."""
         return None

@@ -5,7 +5,8 @@ step-agnostic ones -- for a fixed number of training steps (the documented budge
 :data:`STEPS`; ``--quick`` trains one student per method for the same 100 steps, and the
 methods that regress on teacher pairs use 1,024 of them instead of 4,096), then samples every row -- the
 teacher at its usual Heun 18 steps (35 NFE) and with Euler at 1, 2, 4, 8 NFE
-included -- from the same class labels and noise, and scores it in the bundled
+included -- from the same class labels (in the digits' class proportions, exactly:
+``ImageModality.evaluation_condition``) and noise, and scores it in the bundled
 digits classifier's feature space against all 1,797 digits (FD, KID, precision,
 recall, coverage, class accuracy) and against the teacher's own sample from the same
 noise (paired PSNR). FD at a few thousand samples moves by a few units between noise
@@ -95,6 +96,7 @@ def benchmark(quick: bool) -> BenchSpec:
         std_keys=["fd", "kid", "class_accuracy"],
         batch_size=500,
         metric_keys=["fd", "kid", "precision", "recall", "coverage", "class_accuracy", "paired_psnr"],
+        protocol="class labels in the data's proportions",
     )
 
 

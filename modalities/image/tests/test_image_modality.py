@@ -43,6 +43,23 @@ def test_sample_condition_and_null_condition():
     assert null.dtype == torch.long and null.tolist() == [10] * 7
 
 
+def test_evaluation_condition_has_the_data_class_proportions_exactly():
+    m = ImageModality()
+    _, labels = m.data()
+    data_counts = torch.bincount(labels, minlength=10).double()
+    for n in (5000, 37, 1797):
+        c = m.evaluation_condition(n, gen(0))
+        assert c.shape == (n,) and c.dtype == torch.long
+        counts = torch.bincount(c, minlength=10).double()
+        # largest-remainder rounding: every class within one sample of its exact quota
+        assert int(counts.sum()) == n
+        assert (counts - data_counts / data_counts.sum() * n).abs().max() < 1.0
+    assert torch.equal(m.evaluation_condition(1797, gen(0)).sort().values, labels.sort().values)
+    assert torch.equal(m.evaluation_condition(500, gen(0)), m.evaluation_condition(500, gen(0)))
+    assert not torch.equal(m.evaluation_condition(500, gen(0)), m.evaluation_condition(500, gen(1)))
+    assert ImageModality({"dataset": "photos"}).evaluation_condition(4, gen(0)) is None
+
+
 def test_sample_data_is_deterministic_and_labels_match_images():
     m = ImageModality()
     a = m.sample_data(64, gen(3))
