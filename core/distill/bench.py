@@ -73,7 +73,7 @@ class BenchSpec:
 
 
 @dataclass
-class _Student:
+class TrainedStudent:
     """A trained (or reused) student and what training it cost."""
 
     method: str
@@ -134,26 +134,20 @@ def run_bench(
     the config of every run, the teacher's included; they are recorded in the result.
     """
     from distill.config import _build_run
-    from distill.engine.run import build_modality, load_teacher, train
+    from distill.engine.run import build_modality, load_teacher
     from distill.methods.pairs import teacher_identity
     from distill.plugins import get_manager
 
     manager = get_manager()
     modality_cls = manager.modality(modality_name)
+    if hasattr(modality_cls, "run_benchmark"):  # a benchmark that is not sample-and-score (e.g. rollouts)
+        return modality_cls.run_benchmark(quick=quick, out=out, device=device, methods=methods, workdir=workdir,
+                                          progress=progress, markdown=markdown, merge=merge, overrides=overrides,
+                                          reuse=reuse)
     if not hasattr(modality_cls, "benchmark"):
         raise DistillError(f"modality {modality_name!r} defines no benchmark (Modality.benchmark)")
     spec: BenchSpec = modality_cls.benchmark(quick)
-    base = deep_merge(spec.base_config, {"modality": modality_name})
-    if overrides:
-        bad_pairs = [o for o in overrides if "=" not in o]
-        if bad_pairs:
-            raise DistillError(f"--set takes key=value pairs (e.g. modality_args.dataset=ring8_unequal); got {bad_pairs}")
-        try:
-            base = deep_merge(base, OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))
-        except Exception as err:  # noqa: BLE001 -- OmegaConf's parse errors have no common base
-            raise DistillError(f"--set: cannot parse {overrides} as key=value pairs ({err})") from err
-    if device == "cuda":
-        base = deep_merge(base, {"trainer": {"accelerator": "gpu"}})
+    base = bench_base_config(spec, modality_name, overrides, device)
     cfg0 = _build_run(deep_merge(base, {"method": "kd"}))
     modality = build_modality(cfg0)
     teacher = load_teacher(cfg0, modality)
@@ -186,31 +180,8 @@ def run_bench(
     if merge:
         _merge_base(Path(out), header)  # fail before hours of training, not after
 
-    # 1. Train. A step-agnostic method (its training ignores student.steps) trains one student
-    #    and is sampled at each of its step counts.
-    trained: list[_Student] = []
-    tmp = Path(workdir or tempfile.mkdtemp(prefix="distill-bench-"))
-    for method in chosen:
-        method_cls = manager.method(method)
-        steps_list = [k for k in spec.method_steps.get(method, spec.default_steps)
-                      if method_cls.max_student_steps is None or k <= method_cls.max_student_steps]
-        groups = [steps_list] if method_cls.step_agnostic and steps_list else [[k] for k in steps_list]
-        for group in groups:
-            steps = group[0]
-            run_cfg = deep_merge(base, spec.method_configs.get(method, {}))
-            run_cfg = deep_merge(run_cfg, {"trainer": _budget(spec, method, steps)})
-            run_cfg = deep_merge(run_cfg, {"method": method, "student": {"steps": steps},
-                                           "output": {"dir": str(tmp / f"{method}-{steps}")},
-                                           "trainer": {"progress": progress}})
-            cfg = _build_run(run_cfg)
-            if reuse and (done := _finished_run(cfg, method, group)) is not None:
-                trained.append(done)
-                continue
-            if Path(cfg.output.dir).exists():
-                shutil.rmtree(cfg.output.dir)
-            run = train(cfg)
-            trained.append(_Student(method, group, run.module.method, run.module.student_for_sampling(ema=True),
-                                    int(run.module.distill_step), _last_record(run.run_dir).get("seconds", 0.0)))
+    # 1. Train.
+    trained = train_students(spec, base, chosen, workdir, progress, reuse)
 
     reference = modality.reference(spec.n_samples, torch.Generator().manual_seed(spec.seed + REFERENCE_SEED_OFFSET))
     usual_samples: list[torch.Tensor] = []  # the teacher's usual-setting samples, per seed
@@ -268,7 +239,61 @@ def run_bench(
     return result
 
 
-def _finished_run(cfg: Any, method: str, steps: list[int]) -> _Student | None:
+def bench_base_config(spec: BenchSpec, modality_name: str, overrides: list[str] | None = None,
+                      device: str = "cpu") -> dict[str, Any]:
+    """The config every run of a benchmark shares: the spec's, the modality, ``--set`` overrides."""
+    base = deep_merge(spec.base_config, {"modality": modality_name})
+    if overrides:
+        bad_pairs = [o for o in overrides if "=" not in o]
+        if bad_pairs:
+            raise DistillError(f"--set takes key=value pairs (e.g. modality_args.dataset=ring8_unequal); got {bad_pairs}")
+        try:
+            base = deep_merge(base, OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))
+        except Exception as err:  # noqa: BLE001 -- OmegaConf's parse errors have no common base
+            raise DistillError(f"--set: cannot parse {overrides} as key=value pairs ({err})") from err
+    if device == "cuda":
+        base = deep_merge(base, {"trainer": {"accelerator": "gpu"}})
+    return base
+
+
+def train_students(spec: BenchSpec, base: dict[str, Any], methods: list[str], workdir: str | Path | None = None,
+                   progress: bool = True, reuse: bool = False) -> list[TrainedStudent]:
+    """One student per (method, step count) of ``spec``, trained in ``workdir/<method>-<steps>``
+    (a new temporary folder by default); a step-agnostic method (its training ignores
+    ``student.steps``) trains one student, sampled at each of its step counts. With ``reuse``,
+    a finished run of the same config already in its folder is loaded instead."""
+    from distill.config import _build_run
+    from distill.engine.run import train
+    from distill.plugins import get_manager
+
+    manager = get_manager()
+    trained: list[TrainedStudent] = []
+    tmp = Path(workdir or tempfile.mkdtemp(prefix="distill-bench-"))
+    for method in methods:
+        method_cls = manager.method(method)
+        steps_list = [k for k in spec.method_steps.get(method, spec.default_steps)
+                      if method_cls.max_student_steps is None or k <= method_cls.max_student_steps]
+        groups = [steps_list] if method_cls.step_agnostic and steps_list else [[k] for k in steps_list]
+        for group in groups:
+            steps = group[0]
+            run_cfg = deep_merge(base, spec.method_configs.get(method, {}))
+            run_cfg = deep_merge(run_cfg, {"trainer": _budget(spec, method, steps)})
+            run_cfg = deep_merge(run_cfg, {"method": method, "student": {"steps": steps},
+                                           "output": {"dir": str(tmp / f"{method}-{steps}")},
+                                           "trainer": {"progress": progress}})
+            cfg = _build_run(run_cfg)
+            if reuse and (done := _finished_run(cfg, method, group)) is not None:
+                trained.append(done)
+                continue
+            if Path(cfg.output.dir).exists():
+                shutil.rmtree(cfg.output.dir)
+            run = train(cfg)
+            trained.append(TrainedStudent(method, group, run.module.method, run.module.student_for_sampling(ema=True),
+                                          int(run.module.distill_step), _last_record(run.run_dir).get("seconds", 0.0)))
+    return trained
+
+
+def _finished_run(cfg: Any, method: str, steps: list[int]) -> TrainedStudent | None:
     """The student of a finished run of exactly ``cfg`` in ``cfg.output.dir`` (None when there
     is none: no run, another config, or a run that stopped before ``trainer.max_steps``)."""
     from distill.config import load_config
@@ -294,7 +319,7 @@ def _finished_run(cfg: Any, method: str, steps: list[int]) -> _Student | None:
         return None
     opened = open_run(run_dir, load_teacher_too=False)
     print(f"--reuse: {method} x{steps} from {run_dir} ({opened.student_file.name})")
-    return _Student(method, steps, opened.method, opened.student, int(last["step"]), float(last.get("seconds", 0.0)))
+    return TrainedStudent(method, steps, opened.method, opened.student, int(last["step"]), float(last.get("seconds", 0.0)))
 
 
 def _last_record(run_dir: Path) -> dict[str, Any]:
