@@ -142,3 +142,37 @@ def test_gan_shares_the_dm_times_by_default():
     assert bool((seen[0] >= process.t_min + 0.5 * (process.t_max - process.t_min) - 1e-6).all())
     with pytest.raises(DistillError, match="gan_t_lo"):
         DMD2(DMD2.Options(gan_t_lo=0.3, gan_t_hi=0.2))
+
+
+def test_r1_penalty_is_the_squared_input_gradient_of_the_real_logits():
+    process = make_process("flow")
+    roles = make_roles(process)
+    w = torch.tensor([0.3, -1.2])
+    method = DMD2(DMD2.Options(gan_weight=0.01, r1_weight=4.0))
+    Method.setup(method, roles, None)
+    # a discriminator linear in its input, D(x) = w . x + c: ||grad_x D||^2 = ||w||^2 for every sample
+    method._logits = lambda roles, x_t, t, cond: x_t @ w + 1.0
+    batch = Batch(noise=torch.randn(32, 2), x0=torch.randn(32, 2), generator=torch.Generator().manual_seed(3))
+    losses = method.loss("critic", batch, roles)
+    assert torch.allclose(losses.terms["r1"], w.pow(2).sum())
+    expected = losses.terms["denoise"] + losses.terms["discriminator"] + 0.5 * 4.0 * w.pow(2).sum()
+    assert torch.allclose(losses.total, expected)
+    # no penalty by default; a negative weight is refused
+    method0 = DMD2(DMD2.Options(gan_weight=0.01))
+    Method.setup(method0, roles, None)
+    method0._logits = method._logits
+    assert "r1" not in method0.loss("critic", batch, roles).terms
+    with pytest.raises(DistillError, match="r1_weight"):
+        DMD2(DMD2.Options(r1_weight=-1.0))
+
+
+def test_r1_penalty_trains_the_discriminator_through_the_input_gradient():
+    from distill.methods.dmd2 import r1_penalty
+
+    a = torch.tensor(2.0, requires_grad=True)
+    x = torch.randn(8, 3, requires_grad=True)
+    logits = a * x.pow(2).sum(dim=1)  # grad_x = 2 a x, so R1 = 4 a^2 E||x||^2
+    r1 = r1_penalty(logits, x)
+    assert torch.allclose(r1, 4 * a.detach() ** 2 * x.detach().pow(2).sum(1).mean())
+    (da,) = torch.autograd.grad(r1, a)
+    assert torch.allclose(da, 8 * a.detach() * x.detach().pow(2).sum(1).mean())

@@ -33,6 +33,15 @@ from distill.method import Batch, Losses, Method, Role, Roles
 from distill.methods.heads import PooledHead, pick_feature_layer
 
 
+def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """E ||grad_x D(x)||^2 at the real inputs (Mescheder et al. 2018, "Which Training Methods
+    for GANs do actually Converge?", eq. 9 without gamma/2): the discriminator's gradient at
+    the data is pushed to zero, which damps the oscillation of a discriminator that wins.
+    ``inputs`` must require grad; the graph is kept so the penalty trains the discriminator."""
+    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return grad.pow(2).flatten(1).sum(dim=1).mean()
+
+
 class DMD2(Method):
     name = "dmd2"
     description = "distribution matching with an online critic, TTUR and optional GAN head (Yin et al. 2024)"
@@ -55,6 +64,7 @@ class DMD2(Method):
         gan_t_lo: float | None = None  # the GAN's own time range (None: t_lo, t_hi); real and generated
         gan_t_hi: float | None = None  # samples differ mostly at low noise (docs/methods/dmd2.md)
         feature_layer: str | None = None  # critic layer the head reads (None: its last feature layer)
+        r1_weight: float = 0.0  # gamma of the R1 penalty gamma/2 E||grad_x D(x)||^2 at noised real samples (0: off)
         discriminator_lr: float | None = None  # None: critic_lr
 
     def __init__(self, options=None) -> None:
@@ -66,6 +76,8 @@ class DMD2(Method):
             raise DistillError(f"dmd2: need 0 <= t_lo < t_hi <= 1, got t_lo={o.t_lo}, t_hi={o.t_hi}")
         if not 0.0 <= self._gan_range[0] < self._gan_range[1] <= 1.0:
             raise DistillError(f"dmd2: need 0 <= gan_t_lo < gan_t_hi <= 1, got {self._gan_range}")
+        if o.r1_weight < 0:
+            raise DistillError(f"dmd2: r1_weight must be >= 0 (0 turns the R1 penalty off), got {o.r1_weight}")
         self.student_steps = 1
 
     @property
@@ -207,9 +219,15 @@ class DMD2(Method):
             t_gan = self._gan_times(batch, t)
             fake_t = x_t if t_gan is t else self._noised(x0, batch, t_gan)
             real_t = self._noised(batch.x0, batch, t_gan)
+            if o.r1_weight > 0:
+                real_t.requires_grad_(True)
             fake_logits = self._logits(roles, fake_t, t_gan, batch.cond)
             real_logits = self._logits(roles, real_t, t_gan, batch.cond)
             disc = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
             terms["discriminator"] = disc
             total = total + o.gan_critic_weight * disc
+            if o.r1_weight > 0:
+                r1 = r1_penalty(real_logits, real_t)
+                terms["r1"] = r1
+                total = total + 0.5 * o.r1_weight * r1
         return Losses(total=total, terms=terms)
