@@ -25,6 +25,9 @@ from distill.errors import DistillError
 class StudentConfig:
     steps: int = 1  # sampling steps the student is trained for and evaluated at
     init: str | None = None  # override the method's init of the student role: teacher | fresh
+    # the student's native prediction type (x0 | eps | v | flow); None: the teacher's (or the role's).
+    # With init teacher the student keeps the teacher's weights and reads its output as this type.
+    prediction: str | None = None
     network: dict[str, Any] = field(default_factory=dict)  # overrides for modality.build_network
 
 

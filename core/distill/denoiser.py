@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.process import PREDICTIONS, GaussianProcess
+from distill.process import PREDICTIONS, DiscreteProcess, GaussianProcess
+
+# A network over tokens returns logits over the data vocabulary. Its canonical x0 is the
+# distribution p(x0 | x_t) (probabilities [B, L, V]); "logits" asks for log p(x0 | x_t), already
+# normalised and parameterised by the process (MDLM's SUBS for the masked process).
+DISCRETE_PREDICTIONS = ("logits",)
+DISCRETE_TARGETS = ("x0", "logits")
 
 TimeInput = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,12 +62,18 @@ class Denoiser(nn.Module):
     def __init__(
         self,
         net: nn.Module,
-        process: GaussianProcess,
+        process: GaussianProcess | DiscreteProcess,
         prediction: str = "x0",
         time_input: str | float | TimeInput = "t",
     ) -> None:
         super().__init__()
-        if prediction not in PREDICTIONS:
+        if isinstance(process, DiscreteProcess):
+            if prediction not in DISCRETE_PREDICTIONS:
+                raise DistillError(
+                    f"a network over tokens ({process.name} process) predicts {', '.join(DISCRETE_PREDICTIONS)}; "
+                    f"got prediction={prediction!r}"
+                )
+        elif prediction not in PREDICTIONS:
             raise DistillError(f"unknown prediction type {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
         self.net = net
         self.process = process
@@ -80,6 +92,8 @@ class Denoiser(nn.Module):
         """Prediction of type ``target`` at ``(x_t, t)``; t is process time, shape [B] or scalar."""
         t = _as_batch(t, x_t)
         out = self.raw(x_t, t, cond, **extra)
+        if isinstance(self.process, DiscreteProcess):
+            return _discrete_target(self.process, out, x_t, target)
         if target == self.prediction:
             return out
         return self.process.convert(out, x_t, t, self.prediction, target)
@@ -135,6 +149,17 @@ class Denoiser(nn.Module):
             "prediction": self.prediction,
             "time_input": self.time_input if not callable(self.time_input) else "callable",
         }
+
+
+def _discrete_target(process: DiscreteProcess, logits: torch.Tensor, x_t: torch.Tensor, target: str) -> torch.Tensor:
+    """x0 = p(x0 | x_t) = exp of the process-parameterised log-probabilities; logits = those log-probabilities."""
+    if target not in DISCRETE_TARGETS:
+        raise DistillError(
+            f"a token Denoiser ({process.name} process) predicts {' or '.join(DISCRETE_TARGETS)} "
+            f"(x0 = probabilities over the vocabulary); got target={target!r}"
+        )
+    logp = process.x0_log_probs(logits, x_t)
+    return logp if target == "logits" else logp.exp()
 
 
 def _as_batch(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from rich.progress import Progress
 
 from distill.denoiser import Denoiser
 from distill.modality import Modality
-from distill.process import sampling_schedule
+from distill.process import DiscreteProcess, sampling_schedule
 from distill.samplers import SampleResult, get_sampler
 
 
@@ -115,12 +115,32 @@ def generate(
 def teacher_sample_fn(teacher: Denoiser, sampler: str, steps: int, schedule: str = "uniform", guidance=None, null_cond=None, **options):
     process = teacher.process
     timesteps = sampling_schedule(process, steps, kind=schedule)
+    if isinstance(process, DiscreteProcess):
+        return _token_teacher_fn(teacher, sampler, timesteps, guidance, null_cond, options)
     sigma_max = process.sigma(torch.tensor(process.t_max, dtype=torch.float64))
     fn = get_sampler(sampler)
 
     def run(noise: torch.Tensor, cond: Any) -> SampleResult:
         x_T = noise * sigma_max.to(noise.dtype)
         return fn(teacher, x_T, cond, timesteps=timesteps, guidance=guidance, null_cond=null_cond, **options)
+
+    return run
+
+
+def _token_teacher_fn(teacher: Denoiser, sampler: str, timesteps: torch.Tensor, guidance, null_cond, options):
+    """A token teacher starts from the prior draw its noise maps to (``process.prior_from_noise``);
+    its ancestral draws come from a generator seeded by the noise chunk itself, so the same noise
+    gives the same samples (what the sample cache and paired metrics rely on)."""
+    from distill.cache import fingerprint
+
+    fn = get_sampler(sampler)
+
+    def run(noise: torch.Tensor, cond: Any) -> SampleResult:
+        seed = int(fingerprint("token-teacher", noise.cpu())[:15], 16)
+        generator = torch.Generator(device=noise.device).manual_seed(seed)
+        x_T = teacher.process.prior_from_noise(noise)
+        return fn(teacher, x_T, cond, timesteps=timesteps, generator=generator, guidance=guidance,
+                  null_cond=null_cond, **options)
 
     return run
 

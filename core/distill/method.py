@@ -103,6 +103,9 @@ class Batch:
     step: int = 0
     world: int = 1
     rank: int = 0
+    # For a discrete (token) process: the prior draw x_T (Long [B, L]) that ``noise`` maps to
+    # (``process.prior_from_noise``); None for Gaussian processes, whose x_T is scaled noise.
+    x_T: torch.Tensor | None = None
 
     def _global(self, draw, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
         n = shape[0]
@@ -196,6 +199,20 @@ class Method:
 
     def loss(self, phase: str, batch: Batch, roles: Roles) -> Losses:
         raise NotImplementedError
+
+    def bind(self, modality: Any) -> None:
+        """Called once with the run's modality before any role is built (default: nothing).
+
+        A method whose fresh networks depend on the data reads it here, e.g. a token
+        diffusion method takes the vocabulary size its :meth:`model_spec` process needs.
+        """
+
+    def restore(self, sidecar: dict[str, Any]) -> None:
+        """Called when a finished run is opened, with its student's sidecar (default: nothing).
+
+        A method whose sampler has learned parameters outside the network (LSD's per-step
+        coefficients, written by :meth:`sampler_spec`) reads them back here.
+        """
 
     def setup(self, roles: Roles, modality: Any) -> None:
         """Called once after the roles exist (e.g. to cache teacher pairs)."""

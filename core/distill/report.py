@@ -30,7 +30,11 @@ def teacher_settings(cfg) -> list[dict[str, Any]]:
     usual = dict(cfg.teacher_sampler)
     usual.setdefault("name", "heun")
     usual.setdefault("steps", 18)
-    return [usual, {"name": "euler", "steps": 1, "schedule": usual.get("schedule", "uniform")}]
+    from distill.samplers import DISCRETE_SAMPLERS
+
+    # The negative control: one step of the ODE (Euler), or of the token sampler for a token teacher.
+    control = usual["name"] if usual["name"] in DISCRETE_SAMPLERS else "euler"
+    return [usual, {"name": control, "steps": 1, "schedule": usual.get("schedule", "uniform")}]
 
 
 def _fmt(value: Any) -> str:

@@ -54,7 +54,9 @@ __all__ = [
     "onestep",
     "multistep",
     "consistency",
+    "ancestral",
     "SAMPLERS",
+    "DISCRETE_SAMPLERS",
     "TEACHER_SAMPLERS",
     "STUDENT_SAMPLERS",
     "get_sampler",
@@ -271,6 +273,7 @@ def ddim(
     guidance: float | None = None,
     null_cond: Any = None,
     eta: float = 0.0,
+    clip_x0: float | None = None,
     **options: Any,
 ) -> SampleResult:
     """Generalised DDIM (Song, Meng & Ermon 2021, eq. 12 and 16) for any alpha, sigma.
@@ -282,20 +285,32 @@ def ddim(
     of the PF-ODE when x0 is constant over the step (first order in general);
     ``eta = 1``: ancestral sampling, which keeps the marginals. The last step is the
     final denoising. NFE = N.
+
+    ``clip_x0 = c`` clips every x0 prediction to ``[-c, c]`` before the step, with eps recomputed
+    from the clipped x0 (the ``clip_sample`` of diffusers' DDPM/DDIM schedulers, on by default in
+    diffusion policies, whose actions are normalised to [-1, 1]): near ``t_max`` an eps-prediction's
+    x0 ``(x - sigma eps) / alpha`` magnifies the network's error by ``1 / alpha`` (2,000 at the
+    end of a 100-step squared-cosine DDPM). None (default) leaves x0 as predicted.
     """
-    run = _Run("ddim", denoiser, x_T, cond, timesteps, guidance, null_cond, options, allowed=("eta",))
+    run = _Run("ddim", denoiser, x_T, cond, timesteps, guidance, null_cond, options, allowed=("eta", "clip_x0"))
     if not 0.0 <= float(eta) <= 1.0:
         raise DistillError(f"ddim: eta must be in [0, 1] (0 = deterministic, 1 = ancestral); got {eta}")
+    if clip_x0 is not None and not float(clip_x0) > 0:
+        raise DistillError(f"ddim: clip_x0 must be a positive bound (x0 is clipped to [-clip_x0, clip_x0]) or None; got {clip_x0}")
+
+    def clip(x0: torch.Tensor) -> torch.Tensor:
+        return x0 if clip_x0 is None else x0.clamp(-float(clip_x0), float(clip_x0))
+
     x = x_T
     for i in range(run.steps - 1):
-        x0 = run.call(x, i)
+        x0 = clip(run.call(x, i))
         a_t, s_t, a_s, s_s = run.a(i), run.s(i), run.a(i + 1), run.s(i + 1)
         eps = (x - a_t * x0) / s_t
         c = ddim_noise_scale(a_t, s_t, a_s, s_s, float(eta))
         x = a_s * x0 + math.sqrt(max(0.0, s_s * s_s - c * c)) * eps
         if c > 0:
             x = x + c * _randn(x, generator)
-    return run.done(run.call(x, run.steps - 1))
+    return run.done(clip(run.call(x, run.steps - 1)))
 
 
 def dpmpp_2m(
@@ -441,6 +456,79 @@ def consistency(
 
 
 # ---------------------------------------------------------------------------
+# discrete (token) samplers
+# ---------------------------------------------------------------------------
+
+
+def check_token_start(name: str, denoiser: Denoiser, x_T: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Validate a token sampler's inputs; returns the float64 schedule on the CPU."""
+    from distill.process import DiscreteProcess
+
+    if not isinstance(denoiser.process, DiscreteProcess):
+        raise DistillError(
+            f"sampler {name!r} samples token models (a masked or uniform process); this Denoiser's process is "
+            f"{denoiser.process.name!r}: use euler, heun, ddim or dpmpp_2m"
+        )
+    if not isinstance(x_T, torch.Tensor) or x_T.is_floating_point() or x_T.ndim < 2:
+        raise DistillError(
+            f"sampler {name!r} needs x_T as integer tokens [B, L]; build it with denoiser.process.prior(...) "
+            "or process.prior_from_noise(noise)"
+        )
+    ts = torch.as_tensor(timesteps, dtype=torch.float64).detach().cpu()
+    if ts.ndim != 1 or ts.numel() < 2 or not bool((ts[1:] < ts[:-1]).all()):
+        raise DistillError(
+            f"sampler {name!r}: timesteps must be a strictly decreasing 1-D tensor [steps + 1] (t_max first); "
+            f"got {ts.tolist()}"
+        )
+    return ts
+
+
+def ancestral(
+    denoiser: Denoiser,
+    x_T: torch.Tensor,
+    cond: Any = None,
+    *,
+    timesteps: torch.Tensor,
+    generator: torch.Generator | None = None,
+    guidance: float | None = None,
+    null_cond: Any = None,
+    **options: Any,
+) -> SampleResult:
+    """Ancestral sampling of a discrete diffusion model (D3PM, Austin et al. 2021, eq. 4; MDLM,
+    Sahoo et al. 2024, Alg. 2): for ``i = 0 .. N-1``, ``p0 = D(x_i, t_i)`` (the Denoiser's x0,
+    a distribution over tokens) and ``x_{i+1} ~ sum_x0 q(x_{t_{i+1}} | x_i, x0) p0(x0)``
+    (``process.step``). The last step goes to ``t_N = 0``, where the posterior is ``p0`` itself
+    on every still-corrupted token: the final denoising draws tokens instead of taking a mean.
+    Positions are drawn independently given ``x_i`` (the factorisation few-step students fight).
+    NFE = N; ``generator`` drives every draw. Not differentiable (it samples).
+    """
+    unknown = [k for k in options if k != "return_trajectory"]
+    if unknown:
+        raise DistillError(f"sampler 'ancestral' got unknown option(s) {unknown}; its only option is return_trajectory")
+    ts = check_token_start("ancestral", denoiser, x_T, timesteps)
+    trajectory: list[torch.Tensor] | None = [] if options.get("return_trajectory") else None
+    x = x_T
+    process = denoiser.process
+    for i in range(ts.numel() - 1):
+        if trajectory is not None:
+            trajectory.append(x)
+        t = ts[i].to(device=x.device, dtype=torch.float32).expand(x.shape[0])
+        if guidance is None:
+            p0 = denoiser.predict(x, t, cond, target="x0")
+        else:
+            p0 = denoiser.guided(x, t, cond, null_cond, float(guidance), target="x0")
+        x = process.step(x, p0, ts[i], ts[i + 1], generator=_token_generator(generator, x))
+    if trajectory is not None:
+        trajectory.append(x)
+    return SampleResult(x0=x, nfe=ts.numel() - 1, trajectory=trajectory)
+
+
+def _token_generator(generator: torch.Generator | None, x: torch.Tensor) -> torch.Generator | None:
+    # process.step draws on x's device; a CPU generator cannot drive a CUDA draw.
+    return generator if generator is None or generator.device == x.device else None
+
+
+# ---------------------------------------------------------------------------
 # registry and convenience
 # ---------------------------------------------------------------------------
 
@@ -456,18 +544,21 @@ STUDENT_SAMPLERS: dict[str, Callable[..., SampleResult]] = {
     "consistency": consistency,
 }
 SAMPLERS: dict[str, Callable[..., SampleResult]] = {**TEACHER_SAMPLERS, **STUDENT_SAMPLERS}
+# Samplers of token models (discrete processes); get_sampler finds them too.
+DISCRETE_SAMPLERS: dict[str, Callable[..., SampleResult]] = {"ancestral": ancestral}
 
 
 def get_sampler(name: str | Callable[..., SampleResult]) -> Callable[..., SampleResult]:
     """The sampler registered as ``name`` (a callable is returned unchanged)."""
     if callable(name):
         return name
+    known = {**SAMPLERS, **DISCRETE_SAMPLERS}
     try:
-        return SAMPLERS[name]
+        return known[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), SAMPLERS, n=1)
+        close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise DistillError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}.{hint}") from None
+        raise DistillError(f"unknown sampler {name!r}; known samplers: {', '.join(known)}.{hint}") from None
 
 
 def sample(

@@ -31,6 +31,7 @@ from distill.errors import DistillError
 from distill.method import Batch, Losses, Method, ModelSpec, Role, Roles
 from distill.modality import Modality
 from distill.nets.embeddings import with_extra_inputs
+from distill.process import DiscreteProcess
 
 
 class NonFiniteError(DistillError):
@@ -73,6 +74,7 @@ class DistillModule(pl.LightningModule):
         self.modality = modality
         self.cfg = cfg
         self._frozen = {}  # a plain dict: not a submodule, not checkpointed
+        method.bind(modality)
         if teacher is not None:
             teacher.requires_grad_(False).eval()
             self._frozen["teacher"] = teacher
@@ -158,6 +160,12 @@ class DistillModule(pl.LightningModule):
             module = self.method.build_role(role, Roles({**self._frozen, **dict(self.trained.items())}), self.modality)
         else:
             raise DistillError(f"role {role.name!r} has unknown init {init!r}; use teacher, fresh, student or method")
+        prediction = self.cfg.student.prediction if role.name == "student" else None
+        if prediction and isinstance(module, Denoiser) and prediction != module.prediction:
+            # student.prediction: the same weights, read as another native prediction type. A one-step
+            # student of an eps teacher whose alpha(t_max) ~ 0 gets x0 = (x - sigma eps) / alpha, which
+            # magnifies every change of its output by 1 / alpha(t_max); as x0 or v it is well conditioned.
+            module = Denoiser(module.net, module.process, prediction=prediction, time_input=module.time_input)
         return module.requires_grad_(True).train()
 
     def configure_optimizers(self):
@@ -224,8 +232,12 @@ class DistillModule(pl.LightningModule):
             cond = self.modality.sample_condition(size * world, generator)
             cond = _map(cond, lambda c: c[take].to(device))
         null = _map(self.modality.null_condition(size), lambda c: c.to(device))
+        x_T = None
+        process = self.model_spec.process
+        if isinstance(process, DiscreteProcess):  # tokens start from the prior draw the noise maps to
+            x_T = process.prior_from_noise(noise).to(device)
         return Batch(noise=noise.to(device), cond=cond, null_cond=null, x0=x0, generator=generator,
-                     step=step, world=world, rank=rank)
+                     step=step, world=world, rank=rank, x_T=x_T)
 
     # --- the step --------------------------------------------------------------
     def _set_trainable(self, names: list[str]) -> None:

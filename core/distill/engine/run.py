@@ -211,7 +211,8 @@ def open_run(run_dir: str | Path, ema: bool | None = None, load_teacher_too: boo
     student_file = next((run_dir / c for c in candidates if (run_dir / c).is_file()), None)
     if student_file is None:
         raise DistillError(f"{run_dir} has no exported student (student.safetensors); was training interrupted before the first checkpoint?")
-    student, _ = load_denoiser(student_file, modality, role="student")
+    student, sidecar = load_denoiser(student_file, modality, role="student")
     teacher = load_teacher(cfg, modality) if load_teacher_too and method.needs_teacher else None
     method.process = student.process
+    method.restore(sidecar)
     return OpenedRun(cfg, run_dir, modality, method, teacher, student, student_file)

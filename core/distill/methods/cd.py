@@ -263,6 +263,8 @@ class CD(Method):
         sampler: str = "consistency"  # consistency (Song et al. Alg. 1) | tcd (Zheng et al. 2024)
         gamma: float = 0.3  # tcd: 0 deterministic, 1 = consistency sampling
         sample_schedule: str = "uniform"  # times of the multistep student sampler
+        # clip the teacher's x0 to [-c, c] in its ODE step (diffusers' clip_sample; None: as predicted)
+        teacher_clip_x0: float | None = None
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
@@ -281,6 +283,8 @@ class CD(Method):
             raise DistillError(f"{self.name}: gamma must be in [0, 1] (0 deterministic, 1 = consistency sampling); got {o.gamma}")
         if o.parameterization == "edm" and not o.sigma_data > 0:
             raise DistillError(f"{self.name}: sigma_data must be > 0; got {o.sigma_data}")
+        if o.teacher_clip_x0 is not None and not o.teacher_clip_x0 > 0:
+            raise DistillError(f"{self.name}: teacher_clip_x0 must be a positive bound or None; got {o.teacher_clip_x0}")
         self.distance = _distance(o.distance)
         self._target_step = -1  # the last step whose EMA update of the target ran
 
@@ -328,7 +332,14 @@ class CD(Method):
         teacher = roles.teacher
 
         def predict(x: Tensor, t: Tensor, target: str) -> Tensor:
-            return guided_prediction(teacher, x, t, batch.cond, batch.null_cond, w, target)
+            if o.teacher_clip_x0 is None:
+                return guided_prediction(teacher, x, t, batch.cond, batch.null_cond, w, target)
+            # as the teacher's own clipped sampler: x0 clipped, the other predictions derived from it.
+            # An eps teacher near t_max (alpha ~ 0) otherwise returns x0 = (x - sigma eps) / alpha far
+            # outside the data, and its ODE step scrambles where the trajectory is headed.
+            c = float(o.teacher_clip_x0)
+            x0 = guided_prediction(teacher, x, t, batch.cond, batch.null_cond, w, "x0").clamp(-c, c)
+            return x0 if target == "x0" else p.convert(x0, x, t, "x0", target)
 
         with torch.no_grad():
             x_lo = ode_step(predict, p, x_hi, t_hi, t_lo, o.teacher_solver)

@@ -14,8 +14,8 @@ velocity ``alpha'_t x0 + sigma'_t eps``):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,9 @@ class Diffusion(Method):
     @dataclass
     class Options:
         process: str = "flow"
+        # keyword arguments of the process, e.g. {schedule: squaredcos_cap_v2, T: 100} for the
+        # 100-step DDPM of diffusion policies (vp_discrete); recorded in the export's sidecar
+        process_args: Dict[str, Any] = field(default_factory=dict)
         prediction: str = "flow"  # x0 | eps | v | flow
         time_input: str = "t"
         time_sampler: str = "uniform"  # uniform | lognormal | logit_normal | shifted
@@ -52,7 +55,8 @@ class Diffusion(Method):
         return [Role("student", init="fresh", lr=self.options.lr)]
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(make_process(self.options.process), self.options.prediction, self.options.time_input)
+        return ModelSpec(make_process(self.options.process, **dict(self.options.process_args)),
+                         self.options.prediction, self.options.time_input)
 
     def loss(self, phase: str, batch: Batch, roles: Roles) -> Losses:
         model, p = roles.student, self.process

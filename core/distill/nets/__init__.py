@@ -6,6 +6,7 @@
   :func:`with_extra_inputs` gives a teacher-initialised role those inputs.
 * :class:`UNetDenoiserNet` -- small ADM-style class-conditional UNet for 16x16-32x32 images.
 * :class:`DiTDenoiserNet` -- small DiT (adaLN-Zero Transformer on patches) for the same images.
+* :class:`TokenTransformerNet` -- bidirectional adaLN Transformer over tokens returning logits (discrete diffusion).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from distill.nets.embeddings import ExtraInputError, ScalarConditioning, Sinusoi
 from distill.nets.mlp import FiLMBlock, MLPDenoiserNet
 from distill.nets.unet import UNetDenoiserNet
 from distill.nets.dit import DiTDenoiserNet
+from distill.nets.token_transformer import TokenTransformerNet
 
 __all__ = [
     "DiTDenoiserNet",
@@ -21,6 +23,7 @@ __all__ = [
     "MLPDenoiserNet",
     "ScalarConditioning",
     "SinusoidalEmbedding",
+    "TokenTransformerNet",
     "UNetDenoiserNet",
     "sinusoidal_embedding",
     "with_extra_inputs",

@@ -65,6 +65,18 @@ class DiscreteProcess:
         t = t if t.is_floating_point() else t.to(torch.get_default_dtype())
         return 1 - t if self.schedule == "linear" else torch.cos(t * (math.pi / 2))
 
+    def d_alpha(self, t: Tensor | float) -> Tensor:
+        """d alpha / dt in closed form: -1 (linear) or -(pi / 2) sin(pi t / 2) (cosine)."""
+        t = torch.as_tensor(t)
+        t = t if t.is_floating_point() else t.to(torch.get_default_dtype())
+        return -torch.ones_like(t) if self.schedule == "linear" else -(math.pi / 2) * torch.sin(t * (math.pi / 2))
+
+    def t_at_alpha(self, a: Tensor | float) -> Tensor:
+        """The time whose keep probability is ``a`` (the inverse of :meth:`alpha` on [0, 1])."""
+        a = torch.as_tensor(a)
+        a = (a if a.is_floating_point() else a.to(torch.get_default_dtype())).clamp(0, 1)
+        return 1 - a if self.schedule == "linear" else torch.arccos(a) * (2 / math.pi)
+
     def _keep(self, x0: Tensor, t: Tensor | float, generator: torch.Generator | None) -> Tensor:
         a = _col(self.alpha(t), x0.ndim).to(x0.device)
         return torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64) < a
@@ -104,6 +116,29 @@ class DiscreteProcess:
         cdf = cdf / cdf[..., -1:]
         u = torch.rand((*x_t.shape, 1), generator=generator, device=x_t.device, dtype=torch.float64)
         return (cdf <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+    def prior_from_noise(self, noise: Tensor) -> Tensor:
+        """x_T at t = 1 as a deterministic function of standard-normal ``noise`` [B, L].
+
+        The core draws one standard-normal tensor per evaluation (the same for the teacher and
+        every student, :func:`distill.evaluation.noise_and_cond`); a discrete model starts from
+        the prior draw this maps it to, so "the same noise" keeps its meaning for tokens.
+        """
+        raise NotImplementedError
+
+    def x0_log_probs(self, logits: Tensor, x_t: Tensor) -> Tensor:
+        """log p(x0 | x_t) [B, L, vocab_size] in float32 from a network's ``logits`` over the
+        data vocabulary (the canonical x0 of a discrete Denoiser is its exp)."""
+        return torch.log_softmax(self._check_logits(logits).float(), dim=-1)
+
+    def _check_logits(self, logits: Tensor) -> Tensor:
+        if logits.shape[-1] != self.vocab_size:
+            raise DistillError(
+                f"{self.name} process: the network returned {logits.shape[-1]} logits per token, expected "
+                f"vocab_size={self.vocab_size} (one per data token, none for the mask); rebuild the network "
+                f"with vocab_size={self.vocab_size}"
+            )
+        return logits
 
     def describe(self) -> dict[str, Any]:
         """JSON-able record: ``make_process(**p.describe())`` rebuilds ``p``."""
@@ -146,6 +181,21 @@ class MaskedProcess(DiscreteProcess):
     def prior(self, shape, generator=None, device=None):
         return torch.full(tuple(shape), self.mask_id, dtype=torch.long, device=device)
 
+    def prior_from_noise(self, noise):
+        return torch.full(tuple(noise.shape), self.mask_id, dtype=torch.long, device=noise.device)
+
+    def x0_log_probs(self, logits, x_t):
+        """MDLM's SUBS parameterisation (Sahoo et al. 2024, sec. 3.2.3): the mask gets zero
+        probability (the network has no mask logit at all) and an unmasked x_t is carried over,
+        log p(x0 = x_t | x_t) = 0, because the absorbing process never changes a kept token."""
+        logp = torch.log_softmax(self._check_logits(logits).float(), dim=-1)
+        kept = (x_t != self.mask_id).unsqueeze(-1)
+        if not bool(kept.any()):
+            return logp
+        carry = one_hot(x_t.clamp(max=self.vocab_size - 1), self.vocab_size).bool()
+        carried = torch.zeros_like(logp).masked_fill(~carry, float("-inf"))
+        return torch.where(kept, carried, logp)
+
 
 @dataclass(frozen=True)
 class UniformProcess(DiscreteProcess):
@@ -175,6 +225,11 @@ class UniformProcess(DiscreteProcess):
 
     def prior(self, shape, generator=None, device=None):
         return torch.randint(self.vocab_size, tuple(shape), generator=generator, device=device)
+
+    def prior_from_noise(self, noise):
+        """Uniform tokens floor(V Phi(noise)): Phi(z) of a standard normal z is uniform on (0, 1)."""
+        u = 0.5 * torch.erfc(-noise.to(torch.float64) / math.sqrt(2.0))
+        return (u * self.vocab_size).long().clamp(0, self.vocab_size - 1)
 
 
 DISCRETE_PROCESSES: dict[str, type[DiscreteProcess]] = {c.name: c for c in (MaskedProcess, UniformProcess)}

@@ -36,6 +36,15 @@ METHOD_CONFIGS = {
     "vsd": {"method_args": {**DM, "weighting": "sds"}, "optim": COSINE, "ema": {"half_life": 50}},
     "sid": {"method_args": {**DM, "alpha": 1.2}, "optim": COSINE, "ema": {"half_life": 50}},
     "fdistill": {"method_args": {**DM, "divergence": "forward_kl"}, "optim": COSINE, "ema": {"half_life": 50}},
+    # adversarial: heads on the frozen teacher's features, judged at low noise (docs/methods/add.md, ladd.md)
+    "add": {"method_args": {"student_lr": 2e-4, "discriminator_lr": 4e-4, "features": "teacher", "loss": "hinge",
+                            "r1_weight": 1e-5, "disc_time": "uniform", "disc_t_lo": 0.0, "disc_t_hi": 0.1,
+                            "distill_weight": 2.5, "weighting": "exponential"},
+            "optim": COSINE, "ema": {"half_life": 50}},
+    "ladd": {"method_args": {"student_lr": 2e-4, "discriminator_lr": 4e-4, "features": "teacher", "loss": "hinge",
+                             "disc_time": "logit_normal", "disc_t_mean": -1.0, "disc_t_std": 1.0, "real": "teacher",
+                             **PAIRS},
+             "optim": COSINE, "ema": {"half_life": 50}},
     "progressive": {"method_args": {"start_steps": 16, "steps_per_round": 250, "teacher_weights": "ema", "lr": 1e-4},
                     "ema": {"half_life": 50}},
     "reflow": {"method_args": {"pairs": "cached", **PAIRS, "teacher_steps": 18, "lr": 1e-4, "distill_from_step": 600,
@@ -56,12 +65,12 @@ METHOD_CONFIGS = {
 # Documented full budgets (training steps) per "method" or "method@steps". Progressive
 # distillation halves 16 steps in rounds of 250: 2 rounds to 4 steps, 3 to 2, 4 to 1.
 STEPS = {"kd": 600, "dmd": 1000, "dmd2": 1000, "dmd2@2": 500, "dmd2@4": 500,
-         "vsd": 1000, "sid": 1000, "fdistill": 1000,
+         "vsd": 1000, "sid": 1000, "fdistill": 1000, "add": 1000, "ladd": 1000,
          "progressive": 1000, "progressive@2": 750, "progressive@4": 500,
          "reflow": 1000, "cd": 1000, "lcm": 1000, "scm": 1000, "meanflow": 1000, "shortcut": 1000}
 # Step counts per method. Step-agnostic methods (cd, lcm, scm, meanflow, shortcut) train one
 # student and sample it at each; the others train one student per step count.
-METHOD_STEPS = {"dmd2": [1, 2, 4], "dmd": [1], "kd": [1], "vsd": [1], "sid": [1], "fdistill": [1],
+METHOD_STEPS = {"dmd2": [1, 2, 4], "dmd": [1], "kd": [1], "vsd": [1], "sid": [1], "fdistill": [1], "add": [1], "ladd": [1],
                 "progressive": [1, 2, 4], "reflow": [1],
                 "cd": [1, 2, 4], "lcm": [1, 2, 4], "scm": [1, 2, 4], "meanflow": [1, 2, 4], "shortcut": [1, 2, 4]}
 QUICK_STEPS = 100
@@ -70,7 +79,7 @@ QUICK_STEPS = 100
 # student per method: the methods that train one student per step count train the 1-step
 # one only (step-agnostic students are still sampled at 1, 2 and 4 steps).
 QUICK_CONFIGS = {
-    **{m: {"method_args": {"cache_size": 1024}} for m in ("kd", "dmd", "meanflow", "shortcut")},
+    **{m: {"method_args": {"cache_size": 1024}} for m in ("kd", "dmd", "meanflow", "shortcut", "ladd")},
     "reflow": {"method_args": {"cache_size": 1024, "distill_from_step": 60}},
     "progressive": {"method_args": {"steps_per_round": 25}},
 }
