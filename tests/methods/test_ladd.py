@@ -140,6 +140,22 @@ def test_engine_freezes_the_teacher_and_gradients_pass_through_it():
             m.zero_grad(set_to_none=True)
 
 
+def test_fresh_critic_is_the_modality_network_read_like_the_teacher():
+    """features=critic: the critic role is the modality's reference network with critic_network's
+    overrides, wrapped like the teacher (process, prediction, time input), heads on its blocks."""
+    process = make_process("flow")
+    roles = make_roles(process)
+    method = LADD(LADD.Options(**CACHE, features="critic", critic_network={"hidden": 8}))
+    spec = {r.name: r for r in method.roles()}
+    critic = method.build_role(spec["critic"], roles, MixModality(MixModality.Options()))
+    assert isinstance(critic.net, MLPDenoiserNet) and critic.net.config["hidden"] == 8
+    assert (critic.process, critic.prediction, critic.time_input) == (process, "x0", "t")
+    head = method.build_role(spec["discriminator"], Roles({**dict(roles.items()), "critic": critic}), None)
+    assert head.config["channels"] == {"blocks.0": 8, "blocks.1": 8}
+    with pytest.raises(DistillError, match="critic_network"):
+        LADD(LADD.Options(critic_network={"hidden": 8}))  # features=teacher has no critic
+
+
 def test_options_and_errors():
     method = LADD()
     o = method.options

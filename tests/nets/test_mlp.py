@@ -155,22 +155,8 @@ def test_feature_taps():
     assert out.shape == (8, 2)
 
 
-def test_default_size_and_speed():
-    # The lead trains 3 x 256 students at batch 256: ~307k parameters. One forward + backward +
-    # Adam step measured ~5-9 ms on 1-2 CPU cores; asserted loosely (shared CI machines).
-    import time
-
-    torch.manual_seed(0)
+def test_default_size():
+    # The lead trains 3 x 256 students at batch 256: ~307k parameters (its step time is a
+    # benchmark matter, not a unit test's: `distill bench`).
     net = MLPDenoiserNet(2)
-    assert sum(p.numel() for p in net.parameters()) < 400_000
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    x, t = torch.randn(256, 2), torch.rand(256)
-    times = []
-    for _ in range(15):
-        start = time.perf_counter()
-        loss = net(x, t).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    assert min(times) < 0.1
+    assert 250_000 < sum(p.numel() for p in net.parameters()) < 400_000

@@ -120,6 +120,7 @@ class AdversarialDistillation(Method):
         r1_weight: float = 0.0  # gamma of the R1 penalty on real inputs (ADD: 1e-5)
         r1_every: int = 1  # lazy R1: every k-th step, weighted k times (StyleGAN2 sec. 3.1)
         features: str = "teacher"  # teacher (frozen, LADD) | critic (fresh, trained with the heads)
+        critic_network: dict[str, Any] | None = None  # the fresh critic's network overrides (e.g. hidden: 128)
         feature_layers: list[str] | None = None  # layers with a head (None: every feature layer)
         head_reduce: str = "sum"  # per-head losses summed (ADD eq. 2-3) or averaged
         disc_time: str = "uniform"  # pi(t) of the discriminator's noise: uniform | logit_normal
@@ -146,6 +147,9 @@ class AdversarialDistillation(Method):
         if not 0.0 <= o.disc_t_lo <= o.disc_t_hi <= 1.0:
             raise DistillError(f"{label}: need 0 <= disc_t_lo <= disc_t_hi <= 1 (fractions of the process's time "
                                f"range); got {o.disc_t_lo} and {o.disc_t_hi}")
+        if o.critic_network and o.features != "critic":
+            raise DistillError(f"{label}: critic_network sizes the fresh critic of features=critic; "
+                               f"with features={o.features} there is none (unset it)")
         if o.disc_t_std <= 0:
             raise DistillError(f"{label}: disc_t_std must be > 0; got {o.disc_t_std}")
         if o.first_step_weight is not None and not 0.0 <= o.first_step_weight <= 1.0:
@@ -163,7 +167,7 @@ class AdversarialDistillation(Method):
         o, betas = self.options, (0.0, 0.99)
         roles = [Role("student", lr=o.student_lr, betas=betas)]
         if o.features == "critic":
-            roles.append(Role("critic", init="fresh", lr=o.critic_lr, betas=betas))
+            roles.append(Role("critic", init="method", lr=o.critic_lr, betas=betas))
         roles.append(Role("discriminator", init="method", denoiser=False, lr=o.discriminator_lr, betas=betas))
         return roles
 
@@ -190,6 +194,12 @@ class AdversarialDistillation(Method):
         return self.student_steps if self.student_steps > 1 else 0
 
     def build_role(self, role: Role, roles: Roles, modality) -> torch.nn.Module:
+        if role.name == "critic":
+            # the modality's reference network, fresh, read like the teacher (process, time input);
+            # its own size: a discriminator backbone may be smaller than the student
+            teacher = roles.teacher
+            net = modality.build_network("critic", **dict(self.options.critic_network or {}))
+            return Denoiser(net, teacher.process, prediction=teacher.prediction, time_input=teacher.time_input)
         layers = self._pick_layers(roles)
         self.layers = list(layers)
         return MultiLayerHead(layers, labels=self._step_labels)

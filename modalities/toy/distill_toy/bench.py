@@ -19,11 +19,12 @@ COSINE = {"student": {"decay": "cosine"}}
 SMOOTH_TIME = {"network": {"time_scale": 10.0}}  # students whose loss differentiates the time embedding
 # dmd2's toy recipe, shared by the distribution-matching family (sid needs lower rates)
 DM = {"critic_updates": 2, "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow"}
-# add and ladd: the exact teacher has no layers, so a fresh critic MLP supplies the discriminator's
-# features; a smooth (R1) discriminator over every noise level gets the mode weights right
-ADVERSARIAL = {"features": "critic", "student_lr": 2e-3, "discriminator_lr": 3e-3, "critic_lr": 3e-3,
-               "loss": "non_saturating", "r1_weight": 0.1, "r1_every": 4, "disc_time": "uniform",
-               "disc_t_lo": 0.0, "disc_t_hi": 1.0}
+# add and ladd: the exact teacher has no layers, so a fresh critic MLP (128 wide) supplies the
+# discriminator's features; a smooth (R1), two-updates-per-step discriminator over every noise
+# level gets the mode weights right
+ADVERSARIAL = {"features": "critic", "critic_network": {"hidden": 128}, "discriminator_updates": 2,
+               "student_lr": 2e-3, "discriminator_lr": 3e-3, "critic_lr": 3e-3, "loss": "non_saturating",
+               "r1_weight": 0.1, "r1_every": 4, "disc_time": "uniform", "disc_t_lo": 0.0, "disc_t_hi": 1.0}
 CONSISTENCY = {"num_steps": 40, "schedule": "uniform", "target_ema": 0.95, "parameterization": "edm",
                "sigma_data": 0.5, "distance": "mse", "lr": 1e-3, "sample_schedule": "karras"}
 
@@ -56,7 +57,7 @@ METHOD_CONFIGS = {
                  "student": SMOOTH_TIME, "optim": COSINE, "ema": {"half_life": 200}},
     "shortcut": {"method_args": {"finest_steps": 16, "bootstrap_fraction": 0.5, "cache_size": 65536, "lr": 1e-3},
                  "student": SMOOTH_TIME, "optim": COSINE, "ema": {"half_life": 50}},
-    "add": {"method_args": {**ADVERSARIAL, "distill_weight": 0.25, "distill_t_hi": 0.3},
+    "add": {"method_args": {**ADVERSARIAL, "distill_weight": 0.05, "distill_t_hi": 0.3},
             "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 300}},
     "ladd": {"method_args": {**ADVERSARIAL, "real": "teacher", "cache_size": 32768, "cache_batch": 32768},
              "optim": COSINE, "data": {"batch_size": 512}, "ema": {"half_life": 300}},
