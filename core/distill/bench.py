@@ -366,8 +366,9 @@ def _merge_base(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
         saved = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise DistillError(f"--merge: cannot read {path} ({err}); move it away or drop --merge") from err
+    # a modality's own benchmark may keep a key in another form (policy: a teacher fingerprint per task)
     differ = [f"{k}: {saved.get(k)!r} there, {header[k]!r} here" for k in MERGE_KEYS
-              if saved.get(k, {"overrides": [], "protocol": ""}.get(k)) != header[k]]
+              if k in header and saved.get(k, {"overrides": [], "protocol": ""}.get(k)) != header[k]]
     if differ:
         raise DistillError(f"--merge: {path} was measured under another protocol ({'; '.join(differ)}); "
                            "write to another --out, or rerun every method without --merge")

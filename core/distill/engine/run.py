@@ -118,7 +118,14 @@ def make_trainer(cfg: RunConfig, run_dir: Path, extra_callbacks: list[Any] = ())
         from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
         try:
             import rich  # noqa: F401
-            callbacks.append(RichProgressBar(leave=True))
+
+            class StepProgressBar(RichProgressBar):
+                # a run is one endless epoch stopped by steps or time: Lightning's "Epoch 0/-2"
+                # (max_epochs=-1) would only confuse
+                def _get_train_description(self, current_epoch: int) -> str:
+                    return "train"
+
+            callbacks.append(StepProgressBar(leave=True))
         except ImportError:
             callbacks.append(TQDMProgressBar())
     callbacks.extend(extra_callbacks)

@@ -135,6 +135,14 @@ def run_policy_bench(quick: bool = False, out: str | Path | None = None, device:
         raise DistillError("--merge needs --out: the file whose other rows to keep")
     if reuse and not workdir:
         raise DistillError("--reuse needs --workdir: the folder whose finished student runs to reuse")
+    # `--set modality_args.task=pointmaze` runs that task only; the task is a column of the rows,
+    # not a change of protocol, so it is not recorded as an override (its rows merge with the others)
+    named = [o.split("=", 1)[1] for o in overrides or [] if o.startswith("modality_args.task=")]
+    overrides = [o for o in overrides or [] if not o.startswith("modality_args.task=")]
+    if named:
+        if named[-1] not in TASKS:
+            raise DistillError(f"--set modality_args.task={named[-1]}: the policy benchmark's tasks are {', '.join(TASKS)}")
+        tasks = [named[-1]]
     tasks = list(tasks) if tasks is not None else available_tasks(quick)
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     rows: list[dict[str, Any]] = []
@@ -164,7 +172,7 @@ def run_policy_bench(quick: bool = False, out: str | Path | None = None, device:
         "device": _device_name(device),
         "n_samples": EPISODES["quick" if quick else "full"],
         "seeds": 1,
-        "teacher_fingerprint": fingerprint(sorted(identities.items())),
+        "teacher_fingerprints": identities,  # per task: rows of another task merge when its teacher is unchanged
         "overrides": sorted(overrides or []),
         "protocol": PROTOCOL,
         "tasks": tasks,
@@ -249,15 +257,23 @@ def _merged(path: Path, header: dict[str, Any], result: dict[str, Any]) -> dict[
     """Rows of ``result`` plus the saved rows of (task, method) pairs this run did not roll out."""
     from distill.bench import _merge_base
 
-    saved = _merge_base(path, {k: v for k, v in header.items() if k not in ("tasks", "pictures")})
+    saved = _merge_base(path, {k: v for k, v in header.items() if k not in ("tasks", "pictures", "teacher_fingerprints")})
     if saved is None:
         return result
+    before = saved.get("teacher_fingerprints", {})
+    changed = [t for t, f in header["teacher_fingerprints"].items() if t in before and before[t] != f]
+    if changed:
+        raise DistillError(f"--merge: the {', '.join(changed)} teacher differs from the one {path} was measured with; "
+                           "rerun every method of that task without --merge, or write to another --out")
     ran = {(r["task"], r["method"]) for r in result["rows"]}
     kept = [r for r in saved["rows"] if (r["task"], r["method"]) not in ran]
     rows = result["rows"] + kept
     order = {t: i for i, t in enumerate(TASKS)}
     rows.sort(key=lambda r: (order.get(r["task"], 99), r["method"] != "teacher", r["method"], -r["steps"] if r["method"] == "teacher" else r["steps"]))
-    return dict(result, rows=rows, tasks=sorted({r["task"] for r in rows}, key=lambda t: order.get(t, 99)))
+    fingerprints = {**before, **header["teacher_fingerprints"]}
+    pictures = list(dict.fromkeys(saved.get("pictures", []) + result["pictures"]))
+    return dict(result, rows=rows, tasks=sorted({r["task"] for r in rows}, key=lambda t: order.get(t, 99)),
+                teacher_fingerprints=fingerprints, pictures=pictures)
 
 
 def _print(result: dict[str, Any]) -> None:

@@ -69,3 +69,29 @@ def test_task_arguments_are_the_teacher_runs():
     for task, args in bench.TASK_ARGS.items():
         teacher = OmegaConf.to_container(OmegaConf.load(root / f"{task}_teacher.yaml"))["modality_args"]
         assert {**defaults, **args} == {**defaults, **teacher}
+
+
+def test_merge_keeps_other_tasks_and_refuses_a_changed_teacher(tmp_path):
+    """A run of one task (``--set modality_args.task=pointmaze``) merges into a file measured on
+    another: each task's rows carry their own teacher fingerprint, checked where both files have it."""
+    from distill.errors import DistillError
+
+    def header(fingerprints):
+        return {"modality": "policy", "quick": False, "n_samples": 300, "seeds": 1, "overrides": [],
+                "protocol": bench.PROTOCOL, "teacher_fingerprints": fingerprints, "tasks": list(fingerprints),
+                "pictures": [f"policy_{t}_rollouts.png" for t in fingerprints]}
+
+    def row(task, method, steps=1):
+        return {"task": task, "method": method, "steps": steps}
+
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(dict(header({"two_route": "a"}), rows=[row("two_route", "teacher", 100), row("two_route", "cd")])))
+    new = header({"pointmaze": "b"})
+    merged = bench._merged(path, new, dict(new, rows=[row("pointmaze", "teacher", 100), row("pointmaze", "cd")]))
+    assert [(r["task"], r["method"]) for r in merged["rows"]] == [("two_route", "teacher"), ("two_route", "cd"),
+                                                                  ("pointmaze", "teacher"), ("pointmaze", "cd")]
+    assert merged["teacher_fingerprints"] == {"two_route": "a", "pointmaze": "b"}
+    assert merged["tasks"] == ["two_route", "pointmaze"] and len(merged["pictures"]) == 2
+    changed = header({"two_route": "c"})
+    with pytest.raises(DistillError, match="two_route teacher differs"):
+        bench._merged(path, changed, dict(changed, rows=[row("two_route", "dmd2")]))

@@ -56,10 +56,17 @@ def test_evaluate_and_pictures(modality, tmp_path):
     assert files[0].is_file()
 
 
-def test_bundled_teacher_is_installed_and_loads():
+@pytest.mark.parametrize("task", ["two_route", pytest.param("pointmaze", marks=pytest.mark.slow)])
+def test_bundled_teacher_is_installed_and_loads(task):
+    """Each task's bundled teacher loads, and its normaliser holds the statistics of the task's
+    demonstrations as the modality generates them (pointmaze: 300 MuJoCo expert episodes)."""
     from distill.engine.export import load_safetensors_teacher
 
-    modality = PolicyModality({"task": "two_route"})
+    if task == "pointmaze":
+        pytest.importorskip("gymnasium_robotics")
+    from distill_policy.bench import TASK_ARGS
+
+    modality = PolicyModality(TASK_ARGS[task])
     teacher = load_safetensors_teacher(modality.default_teacher(), modality)
     assert teacher.prediction == "eps" and teacher.process.name == "vp_discrete" and teacher.process.T == 100
     assert teacher.net.normalizer.matches(modality.normalizer)

@@ -130,7 +130,9 @@ def run_benchmark(quick: bool = False, out: str | Path | None = None, device: st
         tasks = (named[-1],)
     spec = benchmark(tasks[0], quick)
     header = {"modality": "tokens", "quick": quick, "device": _device_name(device), "n_samples": spec.n_samples,
-              "seeds": 1, "overrides": sorted(overrides or []), "protocol": PROTOCOL}
+              "seeds": 1, "protocol": PROTOCOL,
+              # the task is a column of the rows, not a change of protocol: one task's rows merge with the other's
+              "overrides": sorted(o for o in overrides or [] if not o.startswith("modality_args.task="))}
     rows: list[dict[str, Any]] = []
     for task in tasks:
         rows += run_task(task, quick, device, methods, work, progress, overrides, reuse)

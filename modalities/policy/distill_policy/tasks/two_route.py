@@ -23,7 +23,7 @@ so the demonstrations are multimodal everywhere below the obstacle), a waypoint 
 obstacle at lateral offset ``U[waypoint_offset]`` and height ``obstacle_y + U[-0.05, 0.05]``,
 and a speed ``U[expert_speed]``; it moves straight to the waypoint and then straight to the
 goal, ``min(speed, distance)`` per step, and stops there. With the defaults every expert path
-clears the obstacle by more than 0.06 (``clearance_bound``, checked in ``tests/test_two_route.py``).
+clears the obstacle by more than 0.06 (``clearance_bound``, checked in ``tests/test_policy_two_route.py``).
 """
 from __future__ import annotations
 
