@@ -54,7 +54,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding
-from distill.nets.unet import check_image, class_labels
+from distill.nets.unet import check_image, time_and_class_embedding
 
 __all__ = ["DiTDenoiserNet", "DiTBlock", "TokenGrid", "sincos_2d"]
 
@@ -212,12 +212,7 @@ class DiTDenoiserNet(nn.Module):
 
     def embed(self, t: torch.Tensor, cond: Any = None, **extra: Any) -> torch.Tensor:
         """The conditioning vector (before SiLU) ``[B, hidden]``: time + class + extra scalars."""
-        self.extras.check(extra, owner="DiTDenoiserNet")
-        emb = self.time_embed(t)
-        labels = class_labels(cond, self.num_classes, emb.shape[0], emb.device, "DiTDenoiserNet")
-        if labels is not None:
-            emb = emb + self.class_embed(labels)
-        return self.extras(emb, **extra)
+        return time_and_class_embedding(self, t, cond, extra, "DiTDenoiserNet")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None, **extra: Any) -> torch.Tensor:
         check_image(x, self.in_channels, self.resolution, "DiTDenoiserNet")

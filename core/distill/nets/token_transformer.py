@@ -41,7 +41,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding
-from distill.nets.unet import class_labels
+from distill.nets.unet import time_and_class_embedding
 
 __all__ = ["TokenTransformerNet", "TokenBlock"]
 
@@ -161,12 +161,7 @@ class TokenTransformerNet(nn.Module):
 
     def embed(self, t: torch.Tensor, cond: Any = None, **extra: Any) -> torch.Tensor:
         """The conditioning vector (before SiLU) ``[B, hidden]``: time + class + extra scalars."""
-        self.extras.check(extra, owner="TokenTransformerNet")
-        emb = self.time_embed(t)
-        labels = class_labels(cond, self.num_classes, emb.shape[0], emb.device, "TokenTransformerNet")
-        if labels is not None:
-            emb = emb + self.class_embed(labels)
-        return self.extras(emb, **extra)
+        return time_and_class_embedding(self, t, cond, extra, "TokenTransformerNet")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None, **extra: Any) -> torch.Tensor:
         if x.is_floating_point() or x.ndim != 2 or x.shape[1] != self.seq_len:

@@ -105,6 +105,17 @@ def class_labels(cond: Any, num_classes: int | None, batch: int, device: torch.d
     return labels.long()
 
 
+def time_and_class_embedding(net: nn.Module, t: torch.Tensor, cond: Any, extra: dict[str, Any], owner: str) -> torch.Tensor:
+    """The conditioning vector (before SiLU) of a reference net with ``time_embed``,
+    ``class_embed`` (``num_classes`` not None) and ``extras``: time + class + extra scalars."""
+    net.extras.check(extra, owner=owner)
+    emb = net.time_embed(t)
+    labels = class_labels(cond, net.num_classes, emb.shape[0], emb.device, owner)
+    if labels is not None:
+        emb = emb + net.class_embed(labels)
+    return net.extras(emb, **extra)
+
+
 def check_image(x: torch.Tensor, channels: int, resolution: int, owner: str) -> None:
     if x.ndim != 4 or x.shape[1] != channels or x.shape[2] != resolution or x.shape[3] != resolution:
         raise DistillError(
@@ -320,12 +331,7 @@ class UNetDenoiserNet(nn.Module):
 
     def embed(self, t: torch.Tensor, cond: Any = None, **extra: Any) -> torch.Tensor:
         """The conditioning vector (before SiLU) ``[B, time_dim]``: time + class + extra scalars."""
-        self.extras.check(extra, owner="UNetDenoiserNet")
-        emb = self.time_embed(t)
-        labels = class_labels(cond, self.num_classes, emb.shape[0], emb.device, "UNetDenoiserNet")
-        if labels is not None:
-            emb = emb + self.class_embed(labels)
-        return self.extras(emb, **extra)
+        return time_and_class_embedding(self, t, cond, extra, "UNetDenoiserNet")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None, **extra: Any) -> torch.Tensor:
         check_image(x, self.in_channels, self.resolution, "UNetDenoiserNet")
