@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 
-from distill.bench import markdown_table, run_bench
+import pytest
+
+from distill.bench import markdown_table, run_bench, split_task_override
+from distill.errors import DistillError
 
 
 def test_bench_rows_and_file_shape(tmp_path, fixture_plugins):
@@ -189,3 +192,11 @@ def test_the_scoring_protocol_is_part_of_the_merge_check(tmp_path, fixture_plugi
     _spec_with(monkeypatch, protocol="balanced labels")
     with pytest.raises(DistillError, match="another protocol.*protocol"):
         run_bench("mix", out=out, workdir=tmp_path / "w2", progress=False, methods=[], merge=True)
+
+
+def test_split_task_override_picks_the_last_task_and_keeps_the_rest():
+    task, rest = split_task_override(["a.b=1", "modality_args.task=x", "modality_args.task=y"], ("x", "y"), "demo")
+    assert task == "y" and rest == ["a.b=1"]
+    assert split_task_override(None, ("x",), "demo") == (None, [])
+    with pytest.raises(DistillError, match="demo benchmark's tasks are x, y"):
+        split_task_override(["modality_args.task=z"], ("x", "y"), "demo")

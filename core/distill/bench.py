@@ -239,6 +239,24 @@ def run_bench(
     return result
 
 
+TASK_OVERRIDE = "modality_args.task="
+
+
+def split_task_override(overrides: list[str] | None, tasks: tuple[str, ...] | list[str],
+                        bench: str) -> tuple[str | None, list[str]]:
+    """``(task, other overrides)`` of a multi-task benchmark's ``--set`` list.
+
+    ``--set modality_args.task=NAME`` runs task NAME only. The task is a column of the rows,
+    not a change of protocol, so it is not returned with the other overrides (which a result
+    file records): one task's rows then merge with another's under ``--merge``.
+    """
+    named = [o[len(TASK_OVERRIDE):] for o in overrides or [] if o.startswith(TASK_OVERRIDE)]
+    rest = [o for o in overrides or [] if not o.startswith(TASK_OVERRIDE)]
+    if named and named[-1] not in tasks:
+        raise DistillError(f"--set {TASK_OVERRIDE}{named[-1]}: the {bench} benchmark's tasks are {', '.join(tasks)}")
+    return (named[-1] if named else None), rest
+
+
 def bench_base_config(spec: BenchSpec, modality_name: str, overrides: list[str] | None = None,
                       device: str = "cpu") -> dict[str, Any]:
     """The config every run of a benchmark shares: the spec's, the modality, ``--set`` overrides."""

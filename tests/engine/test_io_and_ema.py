@@ -1,7 +1,6 @@
 """Atomic writes, safe weight files, EMA half-life."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

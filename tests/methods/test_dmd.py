@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill import Batch, Roles, make_process
+from distill import Batch, make_process
 from distill.errors import DistillError
 from distill.methods.dmd import DMD
 from distill.methods.dmd2 import DMD2

@@ -8,7 +8,7 @@ from torch import nn
 from distill import Batch, Denoiser, Roles, make_process, sampling_schedule
 from distill.engine.run import train
 from distill.errors import DistillError
-from distill.methods.progressive import Progressive, Round, copy_weights, ddim_step, ddim_x0, round_plan
+from distill.methods.progressive import Progressive, copy_weights, ddim_step, ddim_x0, round_plan
 from distill.modality import Modality
 from distill.process.mixture import GaussianMixture
 from distill.samplers import ddim

@@ -69,3 +69,17 @@ def test_rotary_scores_depend_on_relative_offsets_only():
         diagonal = torch.diagonal(scores, offset)
         assert torch.allclose(diagonal, diagonal[0].expand_as(diagonal), atol=1e-5)
     assert torch.allclose(seq_q.norm(dim=-1), q.norm().expand(12), atol=1e-5)  # rotations keep lengths
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_absolute_positions_tell_positions_apart_from_the_fully_masked_start(absolute):
+    """From an all-mask input, rotary embeddings alone give every position the same logits
+    (attention sees only relative offsets, and every token is the same); the learned absolute
+    embedding is what lets a fixed layout such as ``aa+bb=ccc;`` start in the right place."""
+    net = randomised(TokenTransformerNet(vocab_size=5, seq_len=6, hidden=8, depth=2, heads=2, time_dim=8,
+                                         absolute_positions=absolute))
+    masked = torch.full((1, 6), 5)  # 5 = the mask token
+    logits = net(masked, torch.ones(1))[0]
+    same = torch.allclose(logits, logits[0].expand_as(logits), atol=1e-5)
+    assert same != absolute
+    assert net.config["absolute_positions"] is absolute

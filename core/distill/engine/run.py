@@ -1,7 +1,6 @@
 """Build a run from its config: plugins, teacher, method, module, trainer, run directory."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -53,8 +53,8 @@ from einops import rearrange
 from torch import nn
 
 from distill.errors import DistillError
-from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding
-from distill.nets.unet import check_image, time_and_class_embedding
+from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding, time_and_class_embedding
+from distill.nets.unet import check_image
 
 __all__ = ["DiTDenoiserNet", "DiTBlock", "TokenGrid", "sincos_2d"]
 

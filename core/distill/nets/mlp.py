@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding
+from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding, time_and_class_embedding
 
 __all__ = ["MLPDenoiserNet", "FiLMBlock"]
 
@@ -111,30 +111,7 @@ class MLPDenoiserNet(nn.Module):
 
     def embed(self, t: torch.Tensor, cond: Any = None, **extra: Any) -> torch.Tensor:
         """The conditioning vector (before SiLU) ``[B, time_dim]``: time + class + extra scalars."""
-        self.extras.check(extra, owner="MLPDenoiserNet")
-        emb = self.time_embed(t)
-        if self.class_embed is not None:
-            if cond is None:
-                labels = torch.full((emb.shape[0],), self.num_classes, dtype=torch.long, device=emb.device)
-            else:
-                labels = torch.as_tensor(cond, device=emb.device)
-                if labels.is_floating_point() or labels.ndim != 1:
-                    raise DistillError(
-                        f"MLPDenoiserNet expects cond as Long class labels [B] (null class = {self.num_classes}); "
-                        f"got dtype {labels.dtype}, shape {tuple(labels.shape)}"
-                    )
-                if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
-                    raise DistillError(
-                        f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} = null class); "
-                        f"got range [{int(labels.min())}, {int(labels.max())}]"
-                    )
-            emb = emb + self.class_embed(labels.long())
-        elif cond is not None:
-            raise DistillError(
-                "MLPDenoiserNet was built unconditional (num_classes=None) but got cond; "
-                "build it with num_classes=K for class-conditional data, or pass cond=None"
-            )
-        return self.extras(emb, **extra)
+        return time_and_class_embedding(self, t, cond, extra, "MLPDenoiserNet")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None, **extra: Any) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:

@@ -10,17 +10,21 @@ Architecture (``L = seq_len``, ``D = hidden``, ``V = vocab_size``, inputs in ``[
 ``V`` is the mask id)::
 
     c      = MLP_t(sinusoidal(t * time_scale)) [+ class embedding] [+ extra scalars]      [B, D]
-    tokens = Embedding(V + 1, D)(x)                                                      [B, L, D]
+    tokens = Embedding(V + 1, D)(x) [+ P]                                                [B, L, D]
     block k (adaLN-Zero, Peebles & Xie 2023):
         (a1, b1, g1, a2, b2, g2) = Linear_0(SiLU(c))
         tokens = tokens + g1 * RoPEAttn(LN(tokens) * (1 + a1) + b1)
         tokens = tokens + g2 * MLP(LN(tokens) * (1 + a2) + b2)
     final: (a, b) = Linear_0(SiLU(c));  logits = Linear_0(LN(tokens) * (1 + a) + b)     [B, L, V]
 
-Positions enter only through rotary embeddings of queries and keys (RoFormer, Su et al. 2021,
+Positions enter through rotary embeddings of queries and keys (RoFormer, Su et al. 2021,
 eq. 34; MDLM's DiT uses them too): attention scores depend on relative offsets, which is what
 a structured language (the same layout repeated, e.g. three equations) needs to share one
-rule across its repeats.
+rule across its repeats. Rotary embeddings alone cannot say *where* a position is: from the
+fully masked start every position computes the same thing, so a language with a fixed layout
+(``aa+bb=ccc;`` at offsets 0, 10, 20) comes out shifted (a teacher trained that way drew
+``64;60+15=080;...``, 0 % valid). ``absolute_positions`` (default on) adds a learned
+embedding ``P [L, D]`` per position (ViT / GPT-2 style) to the token embeddings.
 
 Zero-initialised modulation and output layers make a fresh network return all-zero logits
 (the uniform distribution over the vocabulary). Defaults (D=64, 3 blocks, 4 heads) give 0.25M
@@ -40,8 +44,7 @@ from einops import rearrange
 from torch import nn
 
 from distill.errors import DistillError
-from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding
-from distill.nets.unet import time_and_class_embedding
+from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding, time_and_class_embedding
 
 __all__ = ["TokenTransformerNet", "TokenBlock"]
 
@@ -122,6 +125,7 @@ class TokenTransformerNet(nn.Module):
         extra_inputs: tuple[str, ...] | list[str] = (),
         time_dim: int = 128,
         max_period: float = 10000.0,
+        absolute_positions: bool = True,
     ) -> None:
         super().__init__()
         extra_inputs = tuple(extra_inputs)
@@ -137,6 +141,7 @@ class TokenTransformerNet(nn.Module):
             "vocab_size": vocab_size, "seq_len": seq_len, "hidden": hidden, "depth": depth, "heads": heads,
             "mlp_ratio": mlp_ratio, "num_classes": num_classes, "time_scale": time_scale,
             "extra_inputs": list(extra_inputs), "time_dim": time_dim, "max_period": max_period,
+            "absolute_positions": absolute_positions,
         }
         self.vocab_size = vocab_size
         self.seq_len = seq_len
@@ -146,6 +151,7 @@ class TokenTransformerNet(nn.Module):
         self.class_embed = nn.Embedding(num_classes + 1, hidden) if num_classes is not None else None
         self.extras = ScalarConditioning(extra_inputs, time_dim, hidden, max_period=max_period, scale=time_scale)
         self.token_embed = nn.Embedding(vocab_size + 1, hidden)  # + the mask token
+        self.position_embed = nn.Parameter(torch.randn(seq_len, hidden) * 0.02) if absolute_positions else None
         self.blocks = nn.ModuleList(TokenBlock(hidden, heads, mlp_ratio, seq_len) for _ in range(depth))
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(hidden, 2 * hidden)
@@ -173,6 +179,8 @@ class TokenTransformerNet(nn.Module):
             t = t.expand(x.shape[0])
         c = F.silu(self.embed(t, cond, **extra))
         h = self.token_embed(x)
+        if self.position_embed is not None:
+            h = h + self.position_embed
         for block in self.blocks:
             h = block(h, c)
         a, b = rearrange(self.final_ada(c), "b (two d) -> two b 1 d", two=2)

@@ -57,7 +57,7 @@ from einops import rearrange
 from torch import nn
 
 from distill.errors import DistillError
-from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding
+from distill.nets.embeddings import ScalarConditioning, SinusoidalEmbedding, time_and_class_embedding
 
 __all__ = ["UNetDenoiserNet", "ResBlock", "SelfAttention2d"]
 
@@ -74,46 +74,6 @@ def _zero(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
-
-
-def class_labels(cond: Any, num_classes: int | None, batch: int, device: torch.device, owner: str) -> torch.Tensor | None:
-    """Validated Long labels ``[B]`` (``cond=None`` -> the null class ``num_classes``).
-
-    Returns None for an unconditional network (``num_classes=None``), which must get
-    ``cond=None``. Shared by the image reference networks.
-    """
-    if num_classes is None:
-        if cond is not None:
-            raise DistillError(
-                f"{owner} was built unconditional (num_classes=None) but got cond; "
-                "build it with num_classes=K for class-conditional data, or pass cond=None"
-            )
-        return None
-    if cond is None:
-        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
-    labels = torch.as_tensor(cond, device=device)
-    if labels.is_floating_point() or labels.ndim != 1 or labels.shape[0] != batch:
-        raise DistillError(
-            f"{owner} expects cond as Long class labels [B={batch}] (null class = {num_classes}); "
-            f"got dtype {labels.dtype}, shape {tuple(labels.shape)}"
-        )
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > num_classes):
-        raise DistillError(
-            f"class labels must lie in [0, {num_classes}] ({num_classes} = null class); "
-            f"got range [{int(labels.min())}, {int(labels.max())}]"
-        )
-    return labels.long()
-
-
-def time_and_class_embedding(net: nn.Module, t: torch.Tensor, cond: Any, extra: dict[str, Any], owner: str) -> torch.Tensor:
-    """The conditioning vector (before SiLU) of a reference net with ``time_embed``,
-    ``class_embed`` (``num_classes`` not None) and ``extras``: time + class + extra scalars."""
-    net.extras.check(extra, owner=owner)
-    emb = net.time_embed(t)
-    labels = class_labels(cond, net.num_classes, emb.shape[0], emb.device, owner)
-    if labels is not None:
-        emb = emb + net.class_embed(labels)
-    return net.extras(emb, **extra)
 
 
 def check_image(x: torch.Tensor, channels: int, resolution: int, owner: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from distill.bench import BenchSpec, bench_base_config, deep_merge, markdown_table, train_students
+from distill.bench import BenchSpec, bench_base_config, deep_merge, markdown_table, split_task_override, train_students
 from distill.cache import fingerprint
 from distill.engine.io import atomic_write_text
 from distill.errors import DistillError
@@ -135,14 +135,10 @@ def run_policy_bench(quick: bool = False, out: str | Path | None = None, device:
         raise DistillError("--merge needs --out: the file whose other rows to keep")
     if reuse and not workdir:
         raise DistillError("--reuse needs --workdir: the folder whose finished student runs to reuse")
-    # `--set modality_args.task=pointmaze` runs that task only; the task is a column of the rows,
-    # not a change of protocol, so it is not recorded as an override (its rows merge with the others)
-    named = [o.split("=", 1)[1] for o in overrides or [] if o.startswith("modality_args.task=")]
-    overrides = [o for o in overrides or [] if not o.startswith("modality_args.task=")]
+    # `--set modality_args.task=pointmaze` runs that task only (not recorded as an override)
+    named, overrides = split_task_override(overrides, TASKS, "policy")
     if named:
-        if named[-1] not in TASKS:
-            raise DistillError(f"--set modality_args.task={named[-1]}: the policy benchmark's tasks are {', '.join(TASKS)}")
-        tasks = [named[-1]]
+        tasks = [named]
     tasks = list(tasks) if tasks is not None else available_tasks(quick)
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     rows: list[dict[str, Any]] = []

@@ -26,7 +26,7 @@ marginal of ``x[j]`` from right to left.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
