@@ -65,7 +65,8 @@ from distill.errors import DistillError
 from distill.method import Batch, Losses, Method, Role, Roles
 from distill.methods.discrete_diffusion import discrete_process, token_times
 from distill.process import MaskedProcess
-from distill.samplers import SampleResult, check_token_start
+from distill.process.discrete import inverse_cdf
+from distill.samplers import SampleResult, ancestral, check_token_start
 
 
 LOG_FLOOR = -30.0  # the smallest per-token log-probability the learned-order objective counts
@@ -121,8 +122,8 @@ def coefficient_sampler(student: Denoiser, x_T: torch.Tensor, cond: Any, timeste
 
 def plans_from_uniform(reveal_logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Reveal steps ``s [B, L]`` with ``s_l ~ softmax(reveal_logits[l])``, by inverse CDF of uniforms ``u [B, L]``."""
-    cdf = torch.softmax(reveal_logits.detach().double(), dim=-1).cumsum(-1).to(u.device)  # [L, N]
-    return (cdf.unsqueeze(0) < u.double().unsqueeze(-1)).sum(-1).clamp(max=reveal_logits.shape[-1] - 1)
+    pi = torch.softmax(reveal_logits.detach().double(), dim=-1).to(u.device)  # [L, N]
+    return inverse_cdf(pi.expand(u.shape[0], -1, -1), u.double().unsqueeze(-1))
 
 
 def draw_plans(reveal_logits: torch.Tensor, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -141,7 +142,7 @@ def order_sampler(student: Denoiser, x_T: torch.Tensor, cond: Any, timesteps: to
         raise DistillError(f"lsd: a learned reveal order needs the masked process; this model's process is {p.name!r}")
     theta = torch.as_tensor(reveal_logits, dtype=torch.float64)
     steps = ts.numel() - 1
-    if theta.ndim != 2 or theta.shape != (x_T.shape[1], steps) or len(logit_scale) != steps or len(time_shift) != steps:
+    if theta.shape != (x_T.shape[1], steps) or len(logit_scale) != steps or len(time_shift) != steps:
         raise DistillError(f"lsd: the reveal order was learned for {tuple(theta.shape)} (positions, steps); "
                            f"asked for {x_T.shape[1]} positions and {steps} steps")
     cpu = generator if x_T.device.type == "cpu" else None
@@ -150,9 +151,7 @@ def order_sampler(student: Denoiser, x_T: torch.Tensor, cond: Any, timesteps: to
     for i in range(steps):
         t_in = (ts[i] + float(time_shift[i])).clamp(0.0, 1.0).to(device=x.device, dtype=torch.float32).expand(x.shape[0])
         probs = scaled_log_probs(student.predict(x, t_in, cond, target="logits"), torch.as_tensor(float(logit_scale[i]))).exp()
-        cdf = probs.double().cumsum(-1)  # inverse CDF in float64, as process.step draws
-        u = torch.rand((*x.shape, 1), generator=cpu, device=x.device, dtype=torch.float64)
-        draw = (cdf / cdf[..., -1:] <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
+        draw = inverse_cdf(probs, torch.rand((*x.shape, 1), generator=cpu, device=x.device, dtype=torch.float64))
         x = torch.where((plan == i) & (x == p.mask_id), draw, x)
     return SampleResult(x0=x, nfe=steps)
 
@@ -249,8 +248,6 @@ class LSD(Method):
         """``teacher_pool`` samples of the teacher's ``teacher_steps``-step ancestral sampler, drawn
         once from a fixed seed (so a resumed or distributed run sees the same pool)."""
         if self._pool is None:
-            from distill.samplers import ancestral
-
             o, p = self.options, self.process
             gen = torch.Generator().manual_seed(0)
             grid = token_times(p, o.teacher_steps)

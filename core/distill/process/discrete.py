@@ -32,6 +32,14 @@ from distill.process._names import unknown_name
 KEEP_SCHEDULES = ("linear", "cosine")
 
 
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Categorical draws from (unnormalised) ``probs [..., K]`` by the inverse CDF of uniforms
+    ``u [..., 1]``, in float64: the index of the first category whose cumulative mass exceeds u."""
+    cdf = probs.to(torch.float64).cumsum(-1)
+    cdf = cdf / cdf[..., -1:]
+    return (cdf <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
 def _col(v: Tensor | float, ndim: int) -> Tensor:
     """float64 [B] or scalar -> shape [B, 1, ...] with ``ndim`` dims."""
     v = torch.as_tensor(v, dtype=torch.float64)
@@ -112,10 +120,7 @@ class DiscreteProcess:
     ) -> Tensor:
         """Ancestral sample x_s ~ posterior(x_t, x0_probs, t, s) (inverse CDF in float64)."""
         probs = self.posterior(x_t, x0_probs.to(torch.float64), t, s)
-        cdf = probs.cumsum(-1)
-        cdf = cdf / cdf[..., -1:]
-        u = torch.rand((*x_t.shape, 1), generator=generator, device=x_t.device, dtype=torch.float64)
-        return (cdf <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
+        return inverse_cdf(probs, torch.rand((*x_t.shape, 1), generator=generator, device=x_t.device, dtype=torch.float64))
 
     def prior_from_noise(self, noise: Tensor) -> Tensor:
         """x_T at t = 1 as a deterministic function of standard-normal ``noise`` [B, L].

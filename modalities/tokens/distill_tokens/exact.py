@@ -25,20 +25,18 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill_tokens.languages import EQUALS, PLUS, SEMI, Arithmetic
+from distill_tokens.languages import Arithmetic
 
-__all__ = ["ExactArithmeticNet", "DIGIT_OFFSETS"]
+__all__ = ["ExactArithmeticNet"]
 
-DIGIT_OFFSETS = (0, 1, 3, 4, 6, 7, 8)  # "aa+bb=ccc;": a1 a0 b1 b0 c2 c1 c0
-SYMBOLS = {2: PLUS, 5: EQUALS, 9: SEMI}
+DIGIT_OFFSETS = Arithmetic.DIGIT_OFFSETS
+SYMBOL_OFFSETS = tuple(k for k in range(Arithmetic.WIDTH) if k not in DIGIT_OFFSETS)
 
 
-def _equation_digits() -> torch.Tensor:
-    """[10000, 7]: the digits (a1, a0, b1, b0, c2, c1, c0) of every equation a + b = c."""
+def _all_blocks() -> torch.Tensor:
+    """[10000, 10]: the block of every equation a + b, a and b in 0..99."""
     ab = torch.arange(100)
-    a, b = ab.repeat_interleave(100), ab.repeat(100)
-    c = a + b
-    return torch.stack([a // 10, a % 10, b // 10, b % 10, c // 100, (c // 10) % 10, c % 10], dim=1)
+    return Arithmetic.blocks(ab.repeat_interleave(100), ab.repeat(100))
 
 
 class ExactArithmeticNet(nn.Module):
@@ -48,7 +46,9 @@ class ExactArithmeticNet(nn.Module):
         super().__init__()
         self.language = language or Arithmetic()
         self.mask_id = self.language.vocab_size
-        cand = _equation_digits()  # [P, 7]
+        every = _all_blocks()
+        self.symbols = {k: int(every[0, k]) for k in SYMBOL_OFFSETS}  # the fixed '+', '=', ';'
+        cand = every[:, list(DIGIT_OFFSETS)]  # [P, 7]: a1 a0 b1 b0 c2 c1 c0
         # match[j, code, p]: does pair p agree with code at digit j? codes 0-9 a revealed digit,
         # 10 masked (any pair agrees), 11 a non-digit where a digit belongs (no pair agrees)
         match = torch.zeros(len(DIGIT_OFFSETS), 12, cand.shape[0], dtype=torch.bool)
@@ -78,6 +78,6 @@ class ExactArithmeticNet(nn.Module):
             total = ok.sum(-1)[:, None, None]
             digits = torch.where(total > 0, counts / total.clamp_min(1.0), torch.full_like(counts, 0.1))
             probs[:, e * width + offsets, :10] = digits
-            for off, symbol in SYMBOLS.items():
+            for off, symbol in self.symbols.items():
                 probs[:, e * width + off, symbol] = 1.0
         return probs.clamp_min(1e-30).log().float()

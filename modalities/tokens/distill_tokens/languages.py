@@ -99,6 +99,14 @@ class Arithmetic(Language):
     equations: int = 3
     name: ClassVar[str] = "arithmetic"
     WIDTH: ClassVar[int] = 10  # "aa+bb=ccc;"
+    DIGIT_OFFSETS: ClassVar[tuple[int, ...]] = (0, 1, 3, 4, 6, 7, 8)  # a1 a0 b1 b0 c2 c1 c0 in a block
+
+    @staticmethod
+    def blocks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The 10-token blocks ``aa+bb=ccc;`` of the equations ``a + b`` (``[..., 10]``)."""
+        c = a + b
+        return torch.stack([a // 10, a % 10, torch.full_like(a, PLUS), b // 10, b % 10, torch.full_like(a, EQUALS),
+                            c // 100, (c // 10) % 10, c % 10, torch.full_like(a, SEMI)], dim=-1)
 
     @property
     def vocab_size(self) -> int:
@@ -125,11 +133,7 @@ class Arithmetic(Language):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         ab = torch.randint(0, 100, (n, self.equations, 2), generator=generator)
-        a, b = ab[..., 0], ab[..., 1]
-        c = a + b
-        digits = torch.stack([a // 10, a % 10, torch.full_like(a, PLUS), b // 10, b % 10, torch.full_like(a, EQUALS),
-                              c // 100, (c // 10) % 10, c % 10, torch.full_like(a, SEMI)], dim=-1)
-        return digits.reshape(n, self.seq_len)
+        return self.blocks(ab[..., 0], ab[..., 1]).reshape(n, self.seq_len)
 
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
         return self._check(x).reshape(-1, self.equations, self.WIDTH)
@@ -137,8 +141,7 @@ class Arithmetic(Language):
     def equation_valid(self, x: torch.Tensor) -> torch.Tensor:
         """Bool [n, equations]: each block reads ``dd+dd=ddd;`` and its sum is right."""
         e = self._blocks(x)
-        digit_pos = [0, 1, 3, 4, 6, 7, 8]
-        shape_ok = (e[..., digit_pos] < 10).all(-1) & (e[..., 2] == PLUS) & (e[..., 5] == EQUALS) & (e[..., 9] == SEMI)
+        shape_ok = (e[..., list(self.DIGIT_OFFSETS)] < 10).all(-1) & (e[..., 2] == PLUS) & (e[..., 5] == EQUALS) & (e[..., 9] == SEMI)
         a = e[..., 0] * 10 + e[..., 1]
         b = e[..., 3] * 10 + e[..., 4]
         c = e[..., 6] * 100 + e[..., 7] * 10 + e[..., 8]
