@@ -4,10 +4,11 @@ For each task (``two_route``; ``pointmaze`` when gymnasium-robotics is installed
 only) the bundled teacher -- a DDPM epsilon-prediction diffusion policy with 100 training
 steps -- is rolled out at 100 DDPM steps (``ddim`` with ``eta = 1``, the ancestral sampler it
 was trained for: the speed-up baseline), at 10 DDIM steps and at 1 DDIM step (the negative
-control: one step of the teacher returns the posterior *mean* chunk, which averages the two
-routes into the obstacle). One-step students of ``dmd2`` (OneDP-style options, Wang et al.
-2024) and ``cd`` (consistency distillation, as Consistency Policy, Prasad et al. 2024) are
-trained with :func:`distill.bench.train_students` and rolled out the same way.
+control: one step of this eps teacher from ``alpha(t_max) = 5e-4`` returns its noise-prediction
+error magnified 2,000-fold and clipped to the action box, chunks that zig-zag and arrive late).
+One-step students of ``dmd2`` (OneDP-style options, Wang et al. 2024) and ``cd`` (consistency
+distillation, as Consistency Policy, Prasad et al. 2024) are trained with
+:func:`distill.bench.train_students` and rolled out the same way.
 
 Every row rolls out the same episodes (``episodes`` starts from the environment seed) in
 lock-step with batched inference (:func:`distill_policy.rollout.rollout`) and reports
@@ -58,10 +59,12 @@ METHOD_CONFIGS: dict[str, dict[str, Any]] = {
     "dmd2": {"method_args": {"critic_updates": 2, "student_lr": 1.0e-4, "critic_lr": 2.0e-4, "t_lo": 0.02, "t_hi": 0.9,
                              "backward_simulation": False, "gan_weight": 0.0},
              "student": STUDENT, "optim": COSINE, "ema": {"half_life": 25}},
-    # Consistency Policy (Prasad et al. 2024) distils the teacher's ODE; here a 10-interval DDIM grid
-    # (50 intervals: 0 % success after 300 steps, 10: 69 %) with the teacher's x0 clipped as in its
-    # sampler (95 % after 300 steps; unclipped, the first DDIM step from alpha = 5e-4 scrambles routes).
-    "cd": {"method_args": {"num_steps": 10, "skip": 1, "teacher_solver": "ddim", "teacher_clip_x0": 1.0,
+    # Consistency Policy (Prasad et al. 2024) distils the teacher's ODE; here a 20-interval DDIM grid with
+    # the teacher's x0 clipped as in its sampler (unclipped, the first DDIM step from alpha = 5e-4
+    # scrambles routes). The grid sets the route split the student inherits: the teacher's 10-step DDIM
+    # sends 34 % of two_route episodes left, its 20- and 100-step DDIM 38-44 % and 39-47 % (two
+    # environment seeds), the DDPM sampler 49-52 %; a 20-interval student: 39-45 %.
+    "cd": {"method_args": {"num_steps": 20, "skip": 1, "teacher_solver": "ddim", "teacher_clip_x0": 1.0,
                            "target_ema": 0.95, "parameterization": "edm", "sigma_data": 0.5,
                            "distance": "pseudo_huber", "lr": 1.0e-4},
            "student": STUDENT, "optim": COSINE, "ema": {"half_life": 25}},
@@ -70,7 +73,9 @@ METHOD_CONFIGS: dict[str, dict[str, Any]] = {
 # demonstrations, so the students see observations scaled as the teacher's normaliser scales them
 TASK_ARGS = {"two_route": {"task": "two_route"}, "pointmaze": {"task": "pointmaze", "n_demos": 300}}
 STEPS = {"dmd2": 600, "cd": 600}
-QUICK_STEPS = {"dmd2": 300, "cd": 300}
+# --quick keeps the students' full budgets (two_route trains both in ~6 CPU minutes) and rolls out fewer
+# episodes of one task: at 300 steps the 20-interval cd student was not there yet (77 % success)
+QUICK_STEPS = dict(STEPS)
 EPISODES = {"quick": 100, "full": 300}
 SEED = 1234
 LATENCY = {"calls": 20, "min_calls": 3, "max_seconds": 20.0}  # per row: the median of up to 20 batch-1 calls
@@ -151,7 +156,8 @@ def run_policy_bench(quick: bool = False, out: str | Path | None = None, device:
         modality = build_modality(cfg0)
         teacher = load_teacher(cfg0, modality).to(dev).eval()
         _check_teacher(teacher, modality, task)
-        identities[task] = fingerprint(teacher, repr(teacher.process), teacher.prediction)
+        # the task's definition (time limit, scene) is part of it: rows scored under another one do not merge
+        identities[task] = fingerprint(teacher, repr(teacher.process), teacher.prediction, modality.task.describe())
         task_dir = Path(workdir) / task if workdir else None
         trained = train_students(spec, base, chosen, task_dir, progress, reuse)
         task_rows, panels = _rollout_rows(task, modality, teacher, trained, spec, dev, progress)
@@ -259,7 +265,7 @@ def _merged(path: Path, header: dict[str, Any], result: dict[str, Any]) -> dict[
     before = saved.get("teacher_fingerprints", {})
     changed = [t for t, f in header["teacher_fingerprints"].items() if t in before and before[t] != f]
     if changed:
-        raise DistillError(f"--merge: the {', '.join(changed)} teacher differs from the one {path} was measured with; "
+        raise DistillError(f"--merge: the {', '.join(changed)} teacher or task definition differs from the one {path} was measured with; "
                            "rerun every method of that task without --merge, or write to another --out")
     ran = {(r["task"], r["method"]) for r in result["rows"]}
     kept = [r for r in saved["rows"] if (r["task"], r["method"]) not in ran]

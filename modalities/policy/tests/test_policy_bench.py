@@ -93,5 +93,5 @@ def test_merge_keeps_other_tasks_and_refuses_a_changed_teacher(tmp_path):
     assert merged["teacher_fingerprints"] == {"two_route": "a", "pointmaze": "b"}
     assert merged["tasks"] == ["two_route", "pointmaze"] and len(merged["pictures"]) == 2
     changed = header({"two_route": "c"})
-    with pytest.raises(DistillError, match="two_route teacher differs"):
+    with pytest.raises(DistillError, match="two_route teacher or task definition differs"):
         bench._merged(path, changed, dict(changed, rows=[row("two_route", "dmd2")]))

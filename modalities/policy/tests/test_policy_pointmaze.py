@@ -1,13 +1,15 @@
 """The pointmaze task (gymnasium-robotics, MuJoCo): planner, expert, outcomes."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("gymnasium_robotics")
 
-from distill_policy.tasks.pointmaze import MAZE, PointMaze, corners, plan_cells  # noqa: E402
+from distill_policy.tasks.pointmaze import MAZE, SLOWEST_EXPERT_STEPS, PointMaze, corners, plan_cells  # noqa: E402
 
 
 def test_planner_breaks_ties_at_random_between_the_two_routes():
@@ -24,7 +26,8 @@ def test_expert_reaches_the_goal_by_both_routes():
     task = PointMaze()
     demos = task.demos(8, torch.Generator().manual_seed(0))
     assert demos.obs.shape[0] >= 7 and demos.obs.shape[2] == 6 and demos.actions.abs().max() <= 1.0
-    assert int(demos.lengths.max()) < task.max_steps
+    assert int(demos.lengths.max()) <= SLOWEST_EXPERT_STEPS
+    assert task.max_steps == math.ceil(1.1 * SLOWEST_EXPERT_STEPS)  # the time limit: 10 % over the slowest expert
     # the route the planner chose is the side of the wall where the ball crossed its row
     pos = demos.obs[..., :2]
     crossing = (pos[..., 1] >= 0).double().argmax(dim=1)

@@ -1,6 +1,8 @@
 """The two_route task: exact dynamics, outcomes and a multimodal expert."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from distill_policy.tasks.two_route import TwoRoute, segment_distance
@@ -58,7 +60,9 @@ def test_expert_succeeds_with_two_balanced_modes_and_clears_the_obstacle():
     crossing = (positions[..., 1] >= 0).double().argmax(dim=1)
     x_at_row = positions[torch.arange(400), crossing, 0]
     assert ((x_at_row < 0) == (demos.modes == 0)).all()
-    assert int(demos.lengths.max()) < task.max_steps
+    # the time limit leaves 10 % over the slowest expert path, which bounds every demonstration
+    assert int(demos.lengths.max()) <= task.slowest_expert_steps()
+    assert task.max_steps == math.ceil(1.1 * task.slowest_expert_steps())
 
 
 def test_chunk_metrics_execute_chunks_open_loop():

@@ -14,7 +14,10 @@ to the square. Observation: ``(x, y, goal_x, goal_y)``.
 
 Outcome of an episode (exact, per step): **collision** when the segment travelled in a step
 passes within ``r`` of the obstacle's centre (the episode ends, failed); **success** when the
-agent is within ``goal_tol`` of the goal with no collision; **time-out** after ``max_steps``.
+agent is within ``goal_tol`` of the goal with no collision; **time-out** after ``max_steps``, which is
+1.1x the slowest expert path (:meth:`TwoRoute.slowest_expert_steps`): a policy must arrive about as
+promptly as the demonstrations, so one that zig-zags to the goal at the speed limit (the clipped
+noise of a one-step DDIM teacher does) fails instead of arriving late.
 **Mode**: the side of the obstacle (``left`` if ``x < obstacle_x``) at the first step that
 crosses the obstacle's row ``y = obstacle_y``.
 
@@ -48,7 +51,7 @@ class TwoRouteConfig:
     expert_speed: tuple[float, float] = (0.04, 0.05)
     waypoint_offset: tuple[float, float] = (0.45, 0.55)
     goal_tol: float = 0.06
-    max_steps: int = 80
+    max_steps: int = 63  # ceil(1.1 x slowest_expert_steps() = 1.1 x 57)
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator) -> torch.Tensor:
@@ -179,6 +182,21 @@ class TwoRoute(Task):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self.config)}
+
+    def slowest_expert_steps(self) -> int:
+        """Steps of the longest expert episode: the longest path start -> waypoint -> goal over the
+        corners of the start, waypoint and goal ranges, at the slowest expert speed (the last step
+        may be shorter than the others, hence the ceiling)."""
+        c = self.config
+        longest = 0.0
+        for sx in (-c.spread, c.spread):
+            for off in c.waypoint_offset:
+                for side in (-1.0, 1.0):
+                    for wy in (-0.05, 0.05):
+                        for gx in (-c.spread, c.spread):
+                            w = (c.obstacle[0] + side * off, c.obstacle[1] + wy)
+                            longest = max(longest, math.dist((sx, c.start_y), w) + math.dist(w, (gx, c.goal_y)))
+        return math.ceil(longest / c.expert_speed[0])
 
     def clearance_bound(self) -> float:
         """A lower bound of how far expert paths stay from the obstacle's centre (for the tests):
