@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from distill.denoiser import Denoiser
 from distill.errors import DistillError
 from distill.method import Batch, Losses, Method, Role, Roles
-from distill.methods.heads import MultiLayerHead, pick_feature_layers
+from distill.methods.heads import HEADS, MultiLayerHead, pick_feature_layers
 
 LOSSES = ("hinge", "non_saturating")
 FEATURES = ("teacher", "critic")
@@ -120,6 +120,7 @@ class AdversarialDistillation(Method):
         r1_weight: float = 0.0  # gamma of the R1 penalty on real inputs (ADD: 1e-5)
         r1_every: int = 1  # lazy R1: every k-th step, weighted k times (StyleGAN2 sec. 3.1)
         features: str = "teacher"  # teacher (frozen, LADD) | critic (fresh, trained with the heads)
+        head: str = "pooled"  # pooled | conv: 3x3 convolutions before the pool (distill.methods.heads)
         critic_network: dict[str, Any] | None = None  # the fresh critic's network overrides (e.g. hidden: 128)
         feature_layers: list[str] | None = None  # layers with a head (None: every feature layer)
         head_reduce: str = "sum"  # per-head losses summed (ADD eq. 2-3) or averaged
@@ -135,6 +136,7 @@ class AdversarialDistillation(Method):
         o, label = self.options, self.name
         _check_choice(label, "loss", o.loss, LOSSES)
         _check_choice(label, "features", o.features, FEATURES)
+        _check_choice(label, "head", o.head, HEADS)
         _check_choice(label, "disc_time", o.disc_time, DISC_TIMES)
         _check_choice(label, "head_reduce", o.head_reduce, REDUCTIONS)
         if o.discriminator_updates < 1:
@@ -202,7 +204,9 @@ class AdversarialDistillation(Method):
             return Denoiser(net, teacher.process, prediction=teacher.prediction, time_input=teacher.time_input)
         layers = self._pick_layers(roles)
         self.layers = list(layers)
-        return MultiLayerHead(layers, labels=self._step_labels)
+        # conv heads need the feature maps' rank: the sample's rank without its channel axis
+        dims = len(modality.sample_shape) - 1 if self.options.head == "conv" else 0
+        return MultiLayerHead(layers, labels=self._step_labels, kind=self.options.head, spatial_dims=dims)
 
     def setup(self, roles: Roles, modality) -> None:
         super().setup(roles, modality)

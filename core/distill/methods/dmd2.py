@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from distill.errors import DistillError
 from distill.method import Batch, Losses, Method, Role, Roles
-from distill.methods.heads import PooledHead, pick_feature_layer
+from distill.methods.heads import HEADS, make_head, pick_feature_layer
 
 
 def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -64,6 +64,7 @@ class DMD2(Method):
         gan_t_lo: float | None = None  # the GAN's own time range (None: t_lo, t_hi); real and generated
         gan_t_hi: float | None = None  # samples differ mostly at low noise (docs/methods/dmd2.md)
         feature_layer: str | None = None  # critic layer the head reads (None: its last feature layer)
+        gan_head: str = "pooled"  # pooled | conv: 3x3 convolutions before the pool (distill.methods.heads)
         r1_weight: float = 0.0  # gamma of the R1 penalty gamma/2 E||grad_x D(x)||^2 at noised real samples (0: off)
         discriminator_lr: float | None = None  # None: critic_lr
 
@@ -78,6 +79,8 @@ class DMD2(Method):
             raise DistillError(f"dmd2: need 0 <= gan_t_lo < gan_t_hi <= 1, got {self._gan_range}")
         if o.r1_weight < 0:
             raise DistillError(f"dmd2: r1_weight must be >= 0 (0 turns the R1 penalty off), got {o.r1_weight}")
+        if o.gan_head not in HEADS:
+            raise DistillError(f"dmd2: gan_head must be one of {', '.join(HEADS)}; got {o.gan_head!r}")
         self.student_steps = 1
 
     @property
@@ -109,7 +112,9 @@ class DMD2(Method):
     def build_role(self, role: Role, roles: Roles, modality) -> torch.nn.Module:
         layer, channels = pick_feature_layer(roles.critic.net, self.options.feature_layer)
         self.feature_layer = layer
-        return PooledHead(channels)
+        # conv heads need the feature map's rank: the sample's rank without its channel axis
+        dims = len(modality.sample_shape) - 1 if self.options.gan_head == "conv" else 0
+        return make_head(self.options.gan_head, channels, dims)
 
     def setup(self, roles: Roles, modality) -> None:
         super().setup(roles, modality)
