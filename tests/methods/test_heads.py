@@ -1,13 +1,15 @@
 """Discriminator heads: pooled (mean activation per channel) and conv (a look at the map first)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from distill.errors import DistillError
 from distill.methods.add import ADD
 from distill.methods.dmd2 import DMD2
-from distill.methods.heads import ConvHead, MultiLayerHead, PooledHead, make_head
+from distill.methods.heads import ConvHead, MultiLayerHead, PooledHead, head_spatial_dims, make_head
 
 
 def _stripes(n: int, vertical: bool) -> torch.Tensor:
@@ -30,6 +32,10 @@ def test_make_head_kinds_shapes_and_errors():
     with pytest.raises(DistillError, match="pooled, conv"):
         make_head("attention", 4, 2)
     assert conv.config["kind"] == "conv" and conv.config["spatial_dims"] == 2
+    # the rank comes from the modality's sample shape (channel axis first); pooled heads need none
+    assert head_spatial_dims("conv", SimpleNamespace(sample_shape=(1, 16, 16))) == 2
+    assert head_spatial_dims("conv", SimpleNamespace(sample_shape=(16, 2))) == 1
+    assert head_spatial_dims("pooled", None) == 0
 
 
 def test_pooled_head_cannot_tell_maps_with_equal_channel_means_and_conv_head_learns_to():

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from distill.denoiser import Denoiser
 from distill.errors import DistillError
 from distill.method import Batch, Losses, Method, Role, Roles
-from distill.methods.heads import HEADS, MultiLayerHead, pick_feature_layers
+from distill.methods.heads import HEADS, MultiLayerHead, head_spatial_dims, pick_feature_layers
 
 LOSSES = ("hinge", "non_saturating")
 FEATURES = ("teacher", "critic")
@@ -204,9 +204,8 @@ class AdversarialDistillation(Method):
             return Denoiser(net, teacher.process, prediction=teacher.prediction, time_input=teacher.time_input)
         layers = self._pick_layers(roles)
         self.layers = list(layers)
-        # conv heads need the feature maps' rank: the sample's rank without its channel axis
-        dims = len(modality.sample_shape) - 1 if self.options.head == "conv" else 0
-        return MultiLayerHead(layers, labels=self._step_labels, kind=self.options.head, spatial_dims=dims)
+        kind = self.options.head
+        return MultiLayerHead(layers, labels=self._step_labels, kind=kind, spatial_dims=head_spatial_dims(kind, modality))
 
     def setup(self, roles: Roles, modality) -> None:
         super().setup(roles, modality)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from distill.errors import DistillError
 from distill.method import Batch, Losses, Method, Role, Roles
-from distill.methods.heads import HEADS, make_head, pick_feature_layer
+from distill.methods.heads import HEADS, head_spatial_dims, make_head, pick_feature_layer
 
 
 def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -112,9 +112,8 @@ class DMD2(Method):
     def build_role(self, role: Role, roles: Roles, modality) -> torch.nn.Module:
         layer, channels = pick_feature_layer(roles.critic.net, self.options.feature_layer)
         self.feature_layer = layer
-        # conv heads need the feature map's rank: the sample's rank without its channel axis
-        dims = len(modality.sample_shape) - 1 if self.options.gan_head == "conv" else 0
-        return make_head(self.options.gan_head, channels, dims)
+        kind = self.options.gan_head
+        return make_head(kind, channels, head_spatial_dims(kind, modality))
 
     def setup(self, roles: Roles, modality) -> None:
         super().setup(roles, modality)

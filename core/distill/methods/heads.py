@@ -79,6 +79,13 @@ class ConvHead(PooledHead):
         return super().pool(features)
 
 
+def head_spatial_dims(kind: str, modality) -> int:
+    """The feature maps' spatial rank a head of ``kind`` needs: the modality's sample rank without
+    its channel axis for ``conv`` heads (images 2, action chunks 1), 0 for ``pooled`` ones (which
+    need no modality)."""
+    return len(modality.sample_shape) - 1 if kind == "conv" else 0
+
+
 def make_head(kind: str, channels: int, spatial_dims: int, hidden: int | None = None) -> PooledHead:
     """A head of ``kind`` (:data:`HEADS`) on ``channels`` features with ``spatial_dims`` positions
     (the modality's sample rank minus its channel axis: ``len(sample_shape) - 1``)."""

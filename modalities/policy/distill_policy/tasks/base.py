@@ -13,6 +13,10 @@ from typing import Any, ClassVar
 
 import torch
 
+# Time limits: a task's max_steps is this many times its slowest expert demonstration, so a policy
+# must arrive about as promptly as the demonstrations (docs/modalities/policy.md#time-limits)
+TIME_LIMIT_SLACK = 1.1
+
 
 @dataclass
 class Demos:

@@ -29,6 +29,7 @@ process, about 0.1-0.4 s each) and steps them in a Python loop.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -36,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from distill_policy.tasks.base import Demos, EpisodeState, Task
+from distill_policy.tasks.base import TIME_LIMIT_SLACK, Demos, EpisodeState, Task
 
 MAZE = [
     [1, 1, 1, 1, 1, 1, 1],
@@ -57,10 +58,9 @@ class PointMazeConfig:
     goal_cell: tuple[int, int] = (1, 3)
     start_cell: tuple[int, int] = (3, 3)
     action_repeat: int = 2
-    # policy steps: 1.1x the slowest expert episode (70 steps in 1,200 demonstrations, SLOWEST_EXPERT_STEPS),
-    # so a policy must arrive about as promptly as the demonstrations (the environment's own limit, 300
-    # simulator steps = 150 policy steps, let a policy that bounces along the walls arrive late)
-    max_steps: int = 77
+    # policy steps: 1.1x the slowest expert episode (77; the environment's own limit, 300 simulator
+    # steps = 150 policy steps, let a policy that bounces along the walls arrive late)
+    max_steps: int = math.ceil(TIME_LIMIT_SLACK * SLOWEST_EXPERT_STEPS)
     kp: float = 10.0
     kd: float = 1.0
     switch_radius: float = 0.3

@@ -51,7 +51,7 @@ class TwoRouteConfig:
     expert_speed: tuple[float, float] = (0.04, 0.05)
     waypoint_offset: tuple[float, float] = (0.45, 0.55)
     goal_tol: float = 0.06
-    max_steps: int = 63  # ceil(1.1 x slowest_expert_steps() = 1.1 x 57)
+    max_steps: int = 63  # ceil(tasks.base.TIME_LIMIT_SLACK x slowest_expert_steps()) = ceil(1.1 x 57)
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator) -> torch.Tensor:
@@ -183,32 +183,25 @@ class TwoRoute(Task):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self.config)}
 
-    def slowest_expert_steps(self) -> int:
-        """Steps of the longest expert episode: the longest path start -> waypoint -> goal over the
-        corners of the start, waypoint and goal ranges, at the slowest expert speed (the last step
-        may be shorter than the others, hence the ceiling)."""
+    def _corner_paths(self) -> list[tuple[tuple[float, float], tuple[float, float], tuple[float, float]]]:
+        """The expert's (start, waypoint, goal) at every corner of the start, waypoint (either side)
+        and goal ranges: the extremes of its straight two-leg paths."""
         c = self.config
-        longest = 0.0
-        for sx in (-c.spread, c.spread):
-            for off in c.waypoint_offset:
-                for side in (-1.0, 1.0):
-                    for wy in (-0.05, 0.05):
-                        for gx in (-c.spread, c.spread):
-                            w = (c.obstacle[0] + side * off, c.obstacle[1] + wy)
-                            longest = max(longest, math.dist((sx, c.start_y), w) + math.dist(w, (gx, c.goal_y)))
-        return math.ceil(longest / c.expert_speed[0])
+        return [((sx, c.start_y), (c.obstacle[0] + side * off, c.obstacle[1] + wy), (gx, c.goal_y))
+                for sx in (-c.spread, c.spread) for off in c.waypoint_offset for side in (-1.0, 1.0)
+                for wy in (-0.05, 0.05) for gx in (-c.spread, c.spread)]
+
+    def slowest_expert_steps(self) -> int:
+        """Steps of the longest expert episode: the longest corner path at the slowest expert
+        speed (the last step may be shorter than the others, hence the ceiling)."""
+        longest = max(math.dist(a, w) + math.dist(w, g) for a, w, g in self._corner_paths())
+        return math.ceil(longest / self.config.expert_speed[0])
 
     def clearance_bound(self) -> float:
         """A lower bound of how far expert paths stay from the obstacle's centre (for the tests):
         the distance of the centre to the straight legs start -> waypoint -> goal in the worst corner."""
-        c = self.config
         worst = math.inf
-        for sx in (-c.spread, c.spread):
-            for off in c.waypoint_offset:
-                for wy in (-0.05, 0.05):
-                    for gx in (-c.spread, c.spread):
-                        a = torch.tensor([sx, c.start_y], dtype=torch.float64)
-                        w = torch.tensor([c.obstacle[0] - off, c.obstacle[1] + wy], dtype=torch.float64)
-                        g = torch.tensor([gx, c.goal_y], dtype=torch.float64)
-                        worst = min(worst, float(segment_distance(a, w, self._centre)), float(segment_distance(w, g, self._centre)))
+        for a, w, g in self._corner_paths():
+            a, w, g = (torch.tensor(p, dtype=torch.float64) for p in (a, w, g))
+            worst = min(worst, float(segment_distance(a, w, self._centre)), float(segment_distance(w, g, self._centre)))
         return worst
