@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from distill.denoiser import Denoiser
+from distill.errors import DistillError
 from distill.process import sampling_schedule
 from distill.samplers import SampleResult, multistep
 
@@ -121,6 +122,16 @@ class Batch:
     def randint(self, high: int, n: int, device: torch.device | None = None) -> torch.Tensor:
         draw = lambda shape, generator, dtype: torch.randint(high, shape, generator=generator)  # noqa: E731
         return self._global(draw, (n,), device or self.noise.device, torch.long)
+
+    def unit_times(self, n: int, kind: str = "uniform", mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+        """``n`` draws in ``(0, 1)``: uniform, or logit-normal ``sigmoid(N(mean, std^2))`` (Esser et al.
+        2024, SD3, sec. 3.1; ``mean < 0`` favours the low-noise end). Methods map them onto their time
+        range; one helper keeps every method's logit-normal draw the same."""
+        if kind == "uniform":
+            return self.rand(n)
+        if kind == "logit_normal":
+            return torch.sigmoid(mean + std * self.randn_like(self.noise.new_empty(n, dtype=torch.float32)))
+        raise DistillError(f"unknown time distribution {kind!r}; expected uniform or logit_normal")
 
     @property
     def size(self) -> int:

@@ -265,12 +265,8 @@ class AdversarialDistillation(Method):
 
     def _disc_times(self, batch: Batch) -> torch.Tensor:
         """``t ~ pi``: uniform or logit-normal (LADD sec. 3.2) on ``[disc_t_lo, disc_t_hi]`` of the range."""
-        o, p, n = self.options, self.process, batch.size
-        if o.disc_time == "uniform":
-            u = batch.rand(n)
-        else:
-            z = batch.randn_like(batch.noise.new_empty(n, dtype=torch.float32))
-            u = torch.sigmoid(o.disc_t_mean + o.disc_t_std * z)
+        o, p = self.options, self.process
+        u = batch.unit_times(batch.size, o.disc_time, o.disc_t_mean, o.disc_t_std)
         frac = o.disc_t_lo + (o.disc_t_hi - o.disc_t_lo) * u
         return (p.t_min + frac * (p.t_max - p.t_min)).to(batch.noise.dtype)
 

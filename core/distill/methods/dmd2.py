@@ -42,6 +42,9 @@ def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return grad.pow(2).flatten(1).sum(dim=1).mean()
 
 
+T_DISTS = ("uniform", "logit_normal")
+
+
 class DMD2(Method):
     name = "dmd2"
     description = "distribution matching with an online critic, TTUR and optional GAN head (Yin et al. 2024)"
@@ -57,6 +60,11 @@ class DMD2(Method):
         guidance: float | None = None  # CFG scale on the real (teacher) score
         t_lo: float = 0.02  # DMD's timestep range, as a fraction of [t_min, t_max]
         t_hi: float = 0.98
+        # pi(t) of the matching loss and the critic inside [t_lo, t_hi]: uniform (DMD) or logit_normal
+        # (t_mean < 0 spends more updates at low noise, where fine detail is decided; docs/methods/dmd2.md)
+        t_dist: str = "uniform"
+        t_mean: float = 0.0
+        t_std: float = 1.0
         normalize: bool = True  # per-sample gradient normalisation (DMD eq. 8)
         backward_simulation: bool = True
         gan_weight: float = 0.0  # generator's GAN weight (DMD2: 3e-3); > 0 needs real data
@@ -77,6 +85,10 @@ class DMD2(Method):
             raise DistillError(f"dmd2: need 0 <= t_lo < t_hi <= 1, got t_lo={o.t_lo}, t_hi={o.t_hi}")
         if not 0.0 <= self._gan_range[0] < self._gan_range[1] <= 1.0:
             raise DistillError(f"dmd2: need 0 <= gan_t_lo < gan_t_hi <= 1, got {self._gan_range}")
+        if o.t_dist not in T_DISTS:
+            raise DistillError(f"dmd2: t_dist must be one of {', '.join(T_DISTS)}; got {o.t_dist!r}")
+        if not o.t_std > 0:
+            raise DistillError(f"dmd2: t_std must be > 0, got {o.t_std}")
         if o.r1_weight < 0:
             raise DistillError(f"dmd2: r1_weight must be >= 0 (0 turns the R1 penalty off), got {o.r1_weight}")
         if o.gan_head not in HEADS:
@@ -127,9 +139,15 @@ class DMD2(Method):
         return (o.t_lo if o.gan_t_lo is None else o.gan_t_lo, o.t_hi if o.gan_t_hi is None else o.gan_t_hi)
 
     def _times(self, batch: Batch, lo: float | None = None, hi: float | None = None) -> torch.Tensor:
+        """Times of the matching loss and the critic (``t_dist`` on ``[t_lo, t_hi]``), or, given a
+        range, the GAN's own (uniform on it)."""
         o, p = self.options, self.process
-        lo, hi = (o.t_lo, o.t_hi) if lo is None else (lo, hi)
-        u = lo + (hi - lo) * batch.rand(batch.size)
+        if lo is None:
+            lo, hi = o.t_lo, o.t_hi
+            draw = batch.unit_times(batch.size, o.t_dist, o.t_mean, o.t_std)
+        else:
+            draw = batch.rand(batch.size)
+        u = lo + (hi - lo) * draw
         return p.t_min + u * (p.t_max - p.t_min)
 
     def _gan_times(self, batch: Batch, t: torch.Tensor) -> torch.Tensor:
