@@ -80,6 +80,10 @@ class Losses:
         return out
 
 
+# the distributions :meth:`Batch.unit_times` draws (the options methods validate their time choices against)
+UNIT_TIMES = ("uniform", "logit_normal")
+
+
 @dataclass
 class Batch:
     """Inputs of one phase, all drawn from ``generator`` (seeded by step and phase).
@@ -131,7 +135,7 @@ class Batch:
             return self.rand(n)
         if kind == "logit_normal":
             return torch.sigmoid(mean + std * self.randn_like(self.noise.new_empty(n, dtype=torch.float32)))
-        raise DistillError(f"unknown time distribution {kind!r}; expected uniform or logit_normal")
+        raise DistillError(f"unknown time distribution {kind!r}; expected {' or '.join(UNIT_TIMES)}")
 
     @property
     def size(self) -> int:

@@ -51,12 +51,11 @@ import torch.nn.functional as F
 
 from distill.denoiser import Denoiser
 from distill.errors import DistillError
-from distill.method import Batch, Losses, Method, Role, Roles
+from distill.method import UNIT_TIMES, Batch, Losses, Method, Role, Roles
 from distill.methods.heads import HEADS, MultiLayerHead, head_spatial_dims, pick_feature_layers
 
 LOSSES = ("hinge", "non_saturating")
 FEATURES = ("teacher", "critic")
-DISC_TIMES = ("uniform", "logit_normal")
 REDUCTIONS = ("sum", "mean")
 
 
@@ -137,7 +136,7 @@ class AdversarialDistillation(Method):
         _check_choice(label, "loss", o.loss, LOSSES)
         _check_choice(label, "features", o.features, FEATURES)
         _check_choice(label, "head", o.head, HEADS)
-        _check_choice(label, "disc_time", o.disc_time, DISC_TIMES)
+        _check_choice(label, "disc_time", o.disc_time, UNIT_TIMES)
         _check_choice(label, "head_reduce", o.head_reduce, REDUCTIONS)
         if o.discriminator_updates < 1:
             raise DistillError(f"{label}: discriminator_updates must be at least 1; got {o.discriminator_updates}")

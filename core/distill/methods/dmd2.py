@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import DistillError
-from distill.method import Batch, Losses, Method, Role, Roles
+from distill.method import UNIT_TIMES, Batch, Losses, Method, Role, Roles
 from distill.methods.heads import HEADS, head_spatial_dims, make_head, pick_feature_layer
 
 
@@ -40,9 +40,6 @@ def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     ``inputs`` must require grad; the graph is kept so the penalty trains the discriminator."""
     (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
     return grad.pow(2).flatten(1).sum(dim=1).mean()
-
-
-T_DISTS = ("uniform", "logit_normal")
 
 
 class DMD2(Method):
@@ -85,8 +82,8 @@ class DMD2(Method):
             raise DistillError(f"dmd2: need 0 <= t_lo < t_hi <= 1, got t_lo={o.t_lo}, t_hi={o.t_hi}")
         if not 0.0 <= self._gan_range[0] < self._gan_range[1] <= 1.0:
             raise DistillError(f"dmd2: need 0 <= gan_t_lo < gan_t_hi <= 1, got {self._gan_range}")
-        if o.t_dist not in T_DISTS:
-            raise DistillError(f"dmd2: t_dist must be one of {', '.join(T_DISTS)}; got {o.t_dist!r}")
+        if o.t_dist not in UNIT_TIMES:
+            raise DistillError(f"dmd2: t_dist must be one of {', '.join(UNIT_TIMES)}; got {o.t_dist!r}")
         if not o.t_std > 0:
             raise DistillError(f"dmd2: t_std must be > 0, got {o.t_std}")
         if o.r1_weight < 0:
