@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PLUGINS := $(wildcard modalities/*/pyproject.toml)
 STAMP := $(VENV)/.distill-installed
 
-.PHONY: install demo test test-fast bench-toy clean
+.PHONY: install demo test test-fast test-long bench-toy clean
 
 $(STAMP): requirements.txt pyproject.toml $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,14 @@ demo: install
 
 # Two workers (pytest-xdist): the slow end-to-end tests run one CPU thread each.
 test: install
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 -m "not long"
 
 test-fast: install
-	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not long"
+
+# The runs beyond the suite's 20-minute budget (about 9 minutes on two workers).
+test-long: install
+	$(BIN)/python -m pytest -q -n 2 -m long
 
 bench-toy: install
 	$(BIN)/distill bench toy --out docs/benchmarks/toy.json

@@ -67,21 +67,10 @@ def test_kd_one_step_student_within_2x_of_teacher(tmp_path):
 
 
 @pytest.mark.slow
-def test_dmd2_one_step_student_learns_the_modes(tmp_path):
-    run = _run(tmp_path, "dmd2", 1500, {"student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow"})
-    s = _scores(run)
-    one_nfe, student = s["teacher_euler_1"], s["student_1"]
-    # 1500 steps is far from the benchmark's budget; it must already cover every mode
-    # with roughly the right weights and beat the one-step teacher many times over.
-    assert student["mode_coverage"] == 1.0
-    assert student["mode_weight_tv"] < 0.2
-    assert student["sliced_wasserstein"] < 0.25 * one_nfe["sliced_wasserstein"], student
-
-
-@pytest.mark.slow
 def test_dmd_one_step_student_within_2x_of_teacher(tmp_path):
     """The regression on teacher pairs (weight 1, cosine-decayed student rate) gets DMD within 2x
-    in 1,500 steps, where dmd2 needs about 6,000 (docs/methods/dmd.md)."""
+    in 1,500 steps, where dmd2 needs about 6,000 at the recipe's settings, 3,000 with twice the
+    critic updates and rates (test_toy_distribution_matching.py; docs/methods/dmd.md)."""
     run = _run(tmp_path, "dmd", 1500, {
         "student_lr": 1e-3, "critic_lr": 3e-3, "critic_prediction": "flow", "critic_updates": 2,
         "regression_weight": 1.0, "cache_size": 32768, "cache_batch": 32768,

@@ -1,0 +1,49 @@
+"""Issue 5's toy bar for the data-free distribution-matching methods: a one-step student of
+the exact ring8 teacher within 2x the teacher's sliced Wasserstein at 35 NFE.
+
+The fresh critic must keep up with the student: with 2 critic updates per student update
+(the benchmark recipes in configs/toy/) `dmd2` needs about 6,000 steps at batch 512; with 4
+updates and twice the rates it gets there in 3,000 at batch 256. Measured before writing
+these tests (one CPU thread, 20,000 samples, teacher 0.0468; trainer seed 0, and seed 1
+where a cell has two values):
+
+| method   | critic updates | rates         | steps | SW_2 ratio  | mode TV     | training |
+|----------|----------------|---------------|-------|-------------|-------------|----------|
+| dmd2     | 2              | 1e-3 / 3e-3   | 3,000 | 2.84        | 0.17        | 144 s    |
+| dmd2     | 2              | 2e-3 / 6e-3   | 3,000 | 2.37        | 0.09        | 144 s    |
+| dmd2     | 4              | 2e-3 / 6e-3   | 1,500 | 3.31        | 0.18        | 118 s    |
+| dmd2     | 4              | 2e-3 / 6e-3   | 3,000 | 1.35 / 1.44 | 0.02 / 0.02 | 240 s    |
+| vsd      | 4              | 2e-3 / 6e-3   | 3,000 | 1.54 / 1.59 | 0.02 / 0.02 | 230 s    |
+| fdistill | 4              | 4e-3 / 1.2e-2 | 3,000 | 1.54        | 0.03        | 550 s    |
+| sid      | 4              | 1e-3 / 3e-3, alpha 0.5 | 3,000 | 2.43 | 0.06      | 256 s    |
+| sid      | 4              | the same, 6,000 steps  | 6,000 | 2.33 | 0.07      | 488 s    |
+| sid      | 4, batch 512   | 1e-3 / 3e-3, alpha 0.5 | 3,000 | 1.75 / 2.56 | 0.04 / 0.06 | 400 s |
+
+`sid` is not reliably within 2x: at batch 512 seed 0 reached 1.75x and seed 1 2.56x, so it
+has no test here yet (docs/methods/sid.md). `make test` runs `dmd2`. `vsd` and `fdistill` (4
+and 9 CPU-minutes; its discriminator makes `fdistill`'s steps 2.3x as long as `dmd2`'s) are
+marked `long`: with them the suite would exceed its 20-minute budget on this 2-core machine
+(18 min 53 s here with `vsd` alone added), so `make test-long` runs them.
+"""
+from __future__ import annotations
+
+import pytest
+
+from test_toy_methods import _run, _scores
+
+pytestmark = pytest.mark.slow
+
+FAST_CRITIC = {"critic_updates": 4, "student_lr": 2e-3, "critic_lr": 6e-3, "critic_prediction": "flow"}
+
+
+@pytest.mark.parametrize("method, overrides", [
+    pytest.param("dmd2", {}, id="dmd2"),
+    pytest.param("vsd", {}, id="vsd", marks=pytest.mark.long),
+    pytest.param("fdistill", {"student_lr": 4e-3, "critic_lr": 1.2e-2}, id="fdistill", marks=pytest.mark.long),
+])
+def test_one_step_student_within_2x_of_the_teacher(tmp_path, method, overrides):
+    run = _run(tmp_path, method, 3000, dict(FAST_CRITIC, **overrides), optim={"student": {"decay": "cosine"}})
+    s = _scores(run)
+    teacher, student = s["teacher_heun_35"], s["student_1"]
+    assert student["sliced_wasserstein"] < 2 * teacher["sliced_wasserstein"], (student, teacher)
+    assert student["mode_coverage"] == 1.0 and student["mode_weight_tv"] < 0.1, student
