@@ -27,7 +27,7 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not long"
 
-# The runs beyond the suite's 20-minute budget (about 4 minutes).
+# The runs beyond the suite's 20-minute budget (about 5 minutes).
 test-long: install
 	$(BIN)/python -m pytest -q -n 2 -m long
 

@@ -6,9 +6,9 @@ alarm's 0.5 depends on the last bits of the arithmetic: checked every 10 steps, 
 dipped to 0.37-0.49 on one machine, while seed 0 bottoms out at 0.54 on another. Measured
 here (100 steps, diagnostics every 5): the alarm fired on 6 of 8 trainer seeds (0-7;
 lowest ratios 0.25-0.46, the other two 0.52 and 0.59), mostly in the first 10 steps, when
-Adam's first full-size steps throw the critic off. So the test
-trains up to four seeds and needs the alarm in one of them: with a 3-in-4 chance per seed,
-all four miss about once in 250. At the recipe's 3e-3 no seed of the same 8 raised it
+Adam's first full-size steps throw the critic off. So the test trains up to four seeds and
+needs the alarm in one of them: with a 3-in-4 chance per seed, all four miss about once in
+250. At the recipe's 3e-3 no seed of the same 8 raised it
 (ratios 0.71-1.15 from step 10 on; at step 5 the barely trained student can still read up
 to 1.8x, which is why the recipe run checks every 10 steps). Rates of 0.15 and more make
 the critic non-finite within a few steps on some seeds, which the engine's guard stops.

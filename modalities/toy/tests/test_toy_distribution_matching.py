@@ -35,12 +35,9 @@ pytestmark = pytest.mark.slow
 FAST_CRITIC = {"critic_updates": 4, "student_lr": 2e-3, "critic_lr": 6e-3, "critic_prediction": "flow"}
 
 
-@pytest.mark.parametrize("method, overrides", [
-    pytest.param("dmd2", {}, id="dmd2"),
-    pytest.param("vsd", {}, id="vsd", marks=pytest.mark.long),
-])
-def test_one_step_student_within_2x_of_the_teacher(tmp_path, method, overrides):
-    run = _run(tmp_path, method, 3000, dict(FAST_CRITIC, **overrides), optim={"student": {"decay": "cosine"}})
+@pytest.mark.parametrize("method", ["dmd2", pytest.param("vsd", marks=pytest.mark.long)])
+def test_one_step_student_within_2x_of_the_teacher(tmp_path, method):
+    run = _run(tmp_path, method, 3000, FAST_CRITIC, optim={"student": {"decay": "cosine"}})
     s = _scores(run)
     teacher, student = s["teacher_heun_35"], s["student_1"]
     assert student["sliced_wasserstein"] < 2 * teacher["sliced_wasserstein"], (student, teacher)
