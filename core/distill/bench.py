@@ -233,7 +233,9 @@ def run_bench(
             if merge:
                 result = _merged(_merge_base(Path(out), header), result, order=compatible)
             atomic_write_text(Path(out), json.dumps(result, indent=2) + "\n")
-    if markdown:
+            if markdown:  # under the lock too: a parallel part must not overwrite a later merge's table
+                atomic_write_text(Path(markdown), markdown_table(result))
+    elif markdown:
         atomic_write_text(Path(markdown), markdown_table(result))
     _print(result)
     return result

@@ -75,6 +75,11 @@ class EvalConfig:
     collapse_fraction: float = 0.5  # alarm when the student's diversity < this fraction of the teacher's
     diagnostics_samples: int = 64  # samples per diagnostic check
     diagnostics_t: float = 0.5  # noise level of the teacher/critic views, as a fraction of [t_min, t_max]
+    # the evaluation at the end of training (report.md)
+    n_samples: int = 4096
+    steps: list[int] = field(default_factory=lambda: [1])
+    batch_size: int = 4096
+    seed: int = 1234
 
     def __post_init__(self) -> None:
         if self.every < 0:
@@ -85,10 +90,6 @@ class EvalConfig:
             raise DistillError(f"eval.diagnostics_samples must be at least 2 (diversity compares pairs), got {self.diagnostics_samples}")
         if not 0.0 <= self.diagnostics_t <= 1.0:
             raise DistillError(f"eval.diagnostics_t must be a fraction in [0, 1], got {self.diagnostics_t}")
-    n_samples: int = 4096
-    steps: list[int] = field(default_factory=lambda: [1])
-    batch_size: int = 4096
-    seed: int = 1234
 
 
 @dataclass
