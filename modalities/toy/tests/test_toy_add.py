@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from test_toy_ladd import _recipe_run, assert_one_step_within_bar
-from test_toy_methods import _scores
+from test_toy_ladd import _recipe_run
+from test_toy_methods import _scores, assert_one_step_within_bar
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_toy_methods import _run, _scores
+from test_toy_methods import _run, _scores, assert_one_step_within_bar
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,5 @@ FAST_CRITIC = {"critic_updates": 4, "student_lr": 2e-3, "critic_lr": 6e-3, "crit
 def test_one_step_student_within_2x_of_the_teacher(tmp_path, method):
     run = _run(tmp_path, method, 3000, FAST_CRITIC, optim={"student": {"decay": "cosine"}})
     s = _scores(run)
-    teacher, student = s["teacher_heun_35"], s["student_1"]
-    assert student["sliced_wasserstein"] < 2 * teacher["sliced_wasserstein"], (student, teacher)
-    assert student["mode_coverage"] == 1.0 and student["mode_weight_tv"] < 0.1, student
+    assert_one_step_within_bar(s, bar=2.0)
+    assert s["student_1"]["mode_weight_tv"] < 0.1, s["student_1"]

@@ -56,14 +56,22 @@ def _assert_one_step_within_2x_and_holds_to_four(s):
     assert all(s[f"student_{k}"]["mode_coverage"] == 1.0 for k in (1, 2, 4))
 
 
+def assert_one_step_within_bar(s, bar: float) -> None:
+    """The one-step student within ``bar`` times the 35-NFE teacher's SW_2, every mode covered, and the
+    1-NFE teacher (the negative control) over 10x the 35-NFE one (``s`` from :func:`_scores`)."""
+    teacher, one_nfe = s["teacher_heun_35"]["sliced_wasserstein"], s["teacher_euler_1"]["sliced_wasserstein"]
+    student = s["student_1"]
+    print(f"SW_2: teacher (35 NFE) {teacher:.4f}, 1-NFE teacher {one_nfe:.4f}, one-step student "
+          f"{student['sliced_wasserstein']:.4f}, mode weight TV {student['mode_weight_tv']:.3f}")
+    assert one_nfe > 10 * teacher  # the negative control fails
+    assert student["sliced_wasserstein"] < bar * teacher, (student, teacher)
+    assert student["mode_coverage"] == 1.0
+
+
 @pytest.mark.slow
 def test_kd_one_step_student_within_2x_of_teacher(tmp_path):
     run = _run(tmp_path, "kd", 4000, {"cache_size": 32768, "lr": 1e-3})
-    s = _scores(run)
-    teacher, one_nfe, student = s["teacher_heun_35"], s["teacher_euler_1"], s["student_1"]
-    assert one_nfe["sliced_wasserstein"] > 10 * teacher["sliced_wasserstein"]  # the negative control fails
-    assert student["sliced_wasserstein"] < 2 * teacher["sliced_wasserstein"], (student, teacher)
-    assert student["mode_coverage"] == 1.0
+    assert_one_step_within_bar(_scores(run), bar=2.0)
 
 
 @pytest.mark.slow
@@ -76,6 +84,5 @@ def test_dmd_one_step_student_within_2x_of_teacher(tmp_path):
         "regression_weight": 1.0, "cache_size": 32768, "cache_batch": 32768,
     }, optim={"student": {"decay": "cosine"}})
     s = _scores(run)
-    teacher, student = s["teacher_heun_35"], s["student_1"]
-    assert student["sliced_wasserstein"] < 2 * teacher["sliced_wasserstein"], (student, teacher)
-    assert student["mode_coverage"] == 1.0 and student["mode_weight_tv"] < 0.1
+    assert_one_step_within_bar(s, bar=2.0)
+    assert s["student_1"]["mode_weight_tv"] < 0.1
