@@ -24,7 +24,9 @@ from distill.errors import DistillError
 @dataclass
 class StudentConfig:
     steps: int = 1  # sampling steps the student is trained for and evaluated at
-    init: str | None = None  # override the method's init of the student role: teacher | fresh
+    # override the method's init of the student role: teacher | fresh, or a student export
+    # (FILE.safetensors with its .json sidecar, e.g. a previous run's student_ema.safetensors) to warm-start from
+    init: str | None = None
     # the student's native prediction type (x0 | eps | v | flow); None: the teacher's (or the role's).
     # With init teacher the student keeps the teacher's weights and reads its output as this type.
     prediction: str | None = None

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from distill.config import load_config
 from distill.engine.module import NonFiniteError
 from distill.engine.run import open_run, train
+from distill.errors import DistillError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,3 +167,28 @@ def test_trained_teacher_exports_and_loads_as_a_teacher(tmp_path, fixture_plugin
     # student init "auto" copies the teacher's weights when the teacher has any
     for a, b in zip(teacher.net.parameters(), student_run.module.trained["student"].net.parameters()):
         assert torch.equal(a, b)
+
+
+def test_student_warm_starts_from_a_previous_runs_export(tmp_path, fixture_plugins):
+    """`student.init: FILE.safetensors`: a kd student continues as a dmd2 student, weights intact."""
+    first = train(tiny(tmp_path / "kd", "kd", "ema.half_life=5"))
+    exported = first.run_dir / "student_ema.safetensors"
+    second = train(tiny(tmp_path / "dmd2", "dmd2", f"student.init={exported}", "ema.half_life=5", "trainer.max_steps=0"))
+    weights = _bytes(exported)
+    student = second.module.trained["student"].net.state_dict()
+    assert weights.keys() == student.keys()
+    assert all(torch.equal(weights[k], student[k]) for k in weights)
+    # the EMA starts from the warm-started weights, not from a fresh network
+    assert all(torch.equal(weights[k], second.module.student_ema.net.state_dict()[k]) for k in weights)
+
+
+def test_warm_start_refuses_a_missing_file_and_another_process(tmp_path, fixture_plugins):
+    with pytest.raises(DistillError, match="does not exist"):
+        train(tiny(tmp_path / "a", "dmd2", f"student.init={tmp_path / 'nope.safetensors'}", "trainer.max_steps=0"))
+    first = train(tiny(tmp_path / "kd", "kd"))
+    exported = first.run_dir / "student.safetensors"
+    side = json.loads(exported.with_suffix(".json").read_text())
+    side["process"] = {**side["process"], "name": "vp"}
+    exported.with_suffix(".json").write_text(json.dumps(side))
+    with pytest.raises(DistillError, match="same teacher"):
+        train(tiny(tmp_path / "b", "dmd2", f"student.init={exported}", "trainer.max_steps=0"))

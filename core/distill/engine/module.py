@@ -26,6 +26,7 @@ import lightning.pytorch as pl
 from torch import nn
 
 from distill.denoiser import Denoiser
+from distill.engine.export import load_denoiser
 from distill.engine.schedule import lr_factor
 from distill.errors import DistillError
 from distill.method import Batch, Losses, Method, ModelSpec, Role, Roles
@@ -158,8 +159,11 @@ class DistillModule(pl.LightningModule):
                 module.net = with_extra_inputs(module.net, role.extra_inputs)
         elif init == "method":
             module = self.method.build_role(role, Roles({**self._frozen, **dict(self.trained.items())}), self.modality)
+        elif init.endswith(".safetensors"):
+            module = self._warm_start(role, Path(init))
         else:
-            raise DistillError(f"role {role.name!r} has unknown init {init!r}; use teacher, fresh, student or method")
+            raise DistillError(f"role {role.name!r} has unknown init {init!r}; use teacher, fresh, student, method "
+                               "or a FILE.safetensors export to warm-start from")
         prediction = self.cfg.student.prediction if role.name == "student" else None
         if prediction and isinstance(module, Denoiser) and prediction != module.prediction:
             # student.prediction: the same weights, read as another native prediction type. A one-step
@@ -167,6 +171,26 @@ class DistillModule(pl.LightningModule):
             # magnifies every change of its output by 1 / alpha(t_max); as x0 or v it is well conditioned.
             module = Denoiser(module.net, module.process, prediction=prediction, time_input=module.time_input)
         return module.requires_grad_(True).train()
+
+    def _warm_start(self, role: Role, path: Path) -> Denoiser:
+        """Role ``role`` from an exported denoiser (``student.init: FILE.safetensors``).
+
+        Two-stage recipes start a distribution-matching run from a regression student
+        (e.g. ``kd`` then ``dmd2``), and a published student can be trained further. The
+        export must describe the same noising process as this run's teacher: the method's
+        losses read the student's output through that process.
+        """
+        if not path.is_file():
+            raise DistillError(f"{role.name}.init {str(path)!r} does not exist; give a .safetensors export of a "
+                               "previous run (e.g. runs/NAME/student_ema.safetensors, with its .json sidecar)")
+        module, _ = load_denoiser(path, self.modality, role=role.name)
+        process = self.model_spec.process.describe()  # the teacher's, when there is one
+        if module.process.describe() != process:
+            raise DistillError(f"{role.name}.init {str(path)!r} was trained for the process {module.process.describe()}, "
+                               f"but this run's teacher uses {process}; warm-start from an export of the same teacher")
+        if role.extra_inputs:
+            module.net = with_extra_inputs(module.net, role.extra_inputs)
+        return module
 
     def configure_optimizers(self):
         optimizers = []

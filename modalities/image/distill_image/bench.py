@@ -25,7 +25,8 @@ COSINE = {"student": {"decay": "cosine"}}
 CONSISTENCY = {"num_steps": 40, "schedule": "uniform", "target_ema": 0.95, "parameterization": "edm",
                "distance": "pseudo_huber", "lr": 1e-4}
 # the distribution-matching family shares dmd2's rates (docs/modalities/image.md: how they were chosen);
-# dmd2 alone has been measured with four critic updates (below), the others still train with one
+# dmd2's recipe has four critic updates (below); the others train with one (dmd with four reached the
+# same 1.4x as dmd2 at 1,000 steps: docs/modalities/image.md, a faster critic)
 DM = {"critic_updates": 1, "student_lr": 2e-4, "critic_lr": 4e-4}
 PAIRS = {"cache_size": 4096, "cache_batch": 512}  # one 4,096-pair cache (Heun 18), shared on disk by every method
 # kd (8x) and dmd (4x) train longer than the rest and regress on the teacher's pairs the whole time: 16,384
