@@ -187,6 +187,9 @@ class Method:
     # True when training ignores student.steps: one trained student samples at any step count
     # (consistency models, flow maps), so a benchmark trains it once for all its step counts.
     step_agnostic: ClassVar[bool] = False
+    # True when the ``critic`` role is a fake score: a denoiser trained on the student's own samples
+    # (DMD and its family); the training diagnostics then measure how much of its signal is error
+    critic_models_student: ClassVar[bool] = False
     paper: ClassVar[str] = ""
 
     @dataclass

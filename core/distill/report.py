@@ -126,6 +126,12 @@ def diagnostics_section(run_dir: Path) -> list[str]:
     if any("diagnostics/diversity_ratio" in r for r in checks):
         trend = ", ".join(f"{r['step']}: {r['diagnostics/diversity_ratio']:.2f}" for r in checks[-8:])
         lines += ["", f"Diversity relative to the teacher (step: ratio): {trend}."]
+    signal = {k.split("t=")[-1]: v for k, v in checks[-1].items() if k.startswith("diagnostics/critic_signal/")}
+    if signal:
+        values = ", ".join(f"t={t}: {q:.2f}" for t, q in signal.items())
+        lines += ["", f"Critic signal at the last check (step {checks[-1]['step']}), by noise level: {values}. 1: the score "
+                  "difference the critic feeds the student is all signal; 0: its error is as large as the signal; -1: "
+                  "all error (`distill.engine.diagnostics.critic_signal`)."]
     pictures = sorted((Path(run_dir) / "samples" / "diagnostics").glob("step_*"))
     if pictures:
         last = pictures[-1]

@@ -47,6 +47,7 @@ class DMD2(Method):
     description = "distribution matching with an online critic, TTUR and optional GAN head (Yin et al. 2024)"
     paper = "arXiv:2405.14867"
     kinds = frozenset({"continuous"})
+    critic_models_student = True
 
     @dataclass
     class Options:
