@@ -9,7 +9,8 @@ The methods issue asks for 2x the teacher's SW_2. `ladd` holds it on every train
 with this recipe (one-step SW_2 / teacher at seeds 0, 1, 2: 1.57x, 1.97x, 1.47x; every mode,
 mode-weight TV 0.02 at most; seed 1 only just), so its test, on seed 0, asks for 2x. `add`
 reached 2.3x with its recipe on seed 0 (1.55x and 1.96x on seeds 1 and 2; 2.7-4x with earlier
-recipes, one of which dropped a mode), so its test holds the weaker bar of 3x with every mode covered; the shortfall is in docs/methods/add.md.
+recipes, one of which dropped a mode), so its test holds the weaker bar of 3x with every mode
+covered; the shortfall is in docs/methods/add.md.
 """
 from __future__ import annotations
 
