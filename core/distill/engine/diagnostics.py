@@ -117,6 +117,19 @@ class CollapseAlarm:
                 "learning rates or raise the critic's update ratio, and look at samples/diagnostics/")
 
 
+def _denoising_critic(module) -> Denoiser | None:
+    """The run's ``critic`` role when it is a denoiser (it has x0 predictions to show), else None."""
+    critic = module.trained["critic"] if "critic" in module.trained else None
+    return critic if isinstance(critic, Denoiser) else None
+
+
+def _noised(process, x0: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x0`` noised to the time ``fraction`` of ``[t_min, t_max]`` with noise from ``generator``; (x_t, t)."""
+    t = torch.full((x0.shape[0],), process.t_min + fraction * (process.t_max - process.t_min),
+                   device=x0.device, dtype=x0.dtype)
+    return process.add_noise(x0, torch.randn(x0.shape, generator=generator).to(x0), t), t
+
+
 class Diagnostics(Callback):
     """See the module docstring. ``module.collapse_alarms`` lists the alarms raised."""
 
@@ -191,34 +204,32 @@ class Diagnostics(Callback):
     def _score_views(self, module, samples: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher's and critic's x0 predictions from the same noised student samples."""
         process = module.trained["student"].process
-        t = process.t_min + self.t_fraction * (process.t_max - process.t_min)
-        t = torch.full((samples.shape[0],), t, device=samples.device, dtype=samples.dtype)
-        eps = torch.randn(samples.shape, generator=torch.Generator().manual_seed(self.seed + 2)).to(samples)
-        x_t = process.add_noise(samples, eps, t)
+        generator = torch.Generator().manual_seed(self.seed + 2)
+        x_t, t = _noised(process, samples, self.t_fraction, generator)
         views = {}
         if module.teacher is not None:
             views[f"teacher x0 at t={self.t_fraction:g}"] = module.teacher.predict(x_t, t, self.cond)
-        critic = module.trained["critic"] if "critic" in module.trained else None
-        if isinstance(critic, Denoiser):
+        critic = _denoising_critic(module)
+        if critic is not None:
             views[f"critic x0 at t={self.t_fraction:g}"] = critic.predict(x_t, t, self.cond)
         return views
 
     def _critic_signal(self, module) -> dict[str, float]:
         """:func:`critic_signal` at each of ``CRITIC_SIGNAL_TIMES`` on ``CRITIC_SIGNAL_BATCHES`` batches
         of fresh student samples, under fixed noise; empty when the method has no fake-score critic."""
-        critic = module.trained["critic"] if "critic" in module.trained else None
-        if module.teacher is None or not module.method.critic_models_student or not isinstance(critic, Denoiser):
+        critic = _denoising_critic(module)
+        if module.teacher is None or not module.method.critic_models_student or critic is None:
             return {}
         process, student = critic.process, module.trained["student"]
         batches: dict[float, list] = {fraction: [] for fraction in CRITIC_SIGNAL_TIMES}
         for b in range(CRITIC_SIGNAL_BATCHES):
-            noise, cond = noise_and_cond(module.modality, self.n, self.seed + 10 + b, device=module.device)
-            generator = torch.Generator().manual_seed(self.seed + 10 + b)
+            seed = self.seed + 10 + b
+            noise, cond = noise_and_cond(module.modality, self.n, seed, device=module.device)
+            # its own stream: seeded like the student's noise, x_t's first draw would repeat that noise
+            generator = torch.Generator().manual_seed(seed + CRITIC_SIGNAL_BATCHES)
             x0 = module.method.sample(student, noise, cond, steps=module.cfg.student.steps, generator=generator).x0
             for fraction in CRITIC_SIGNAL_TIMES:
-                t = torch.full((x0.shape[0],), process.t_min + fraction * (process.t_max - process.t_min),
-                               device=x0.device, dtype=x0.dtype)
-                x_t = process.add_noise(x0, torch.randn(x0.shape, generator=generator).to(x0), t)
+                x_t, t = _noised(process, x0, fraction, generator)
                 batches[fraction].append((x0, module.teacher.predict(x_t, t, cond), critic.predict(x_t, t, cond)))
         out = {}
         for fraction, pooled in batches.items():
