@@ -200,3 +200,46 @@ def test_split_task_override_picks_the_last_task_and_keeps_the_rest():
     assert split_task_override(None, ("x",), "demo") == (None, [])
     with pytest.raises(DistillError, match="demo benchmark's tasks are x, y"):
         split_task_override(["modality_args.task=z"], ("x", "y"), "demo")
+
+
+def test_a_two_stage_entry_trains_from_its_start_entrys_student(tmp_path, fixture_plugins, monkeypatch):
+    import distill.engine.run as engine_run
+    from distill.plugins import get_manager
+
+    spec = get_manager().modality("mix").benchmark(False)
+    _spec_with(monkeypatch, warm_starts={"kd+dmd2": "kd"},
+               method_configs={**spec.method_configs, "kd+dmd2": {"method": "dmd2"}},
+               method_steps={**spec.method_steps, "kd+dmd2": [1]}, max_steps={"kd+dmd2": 2})
+    runs = []
+    original = engine_run.train
+    monkeypatch.setattr(engine_run, "train", lambda cfg: runs.append((cfg.method, cfg.student.init)) or original(cfg))
+    work = tmp_path / "w"
+    result = run_bench("mix", workdir=work, progress=False, methods=["kd+dmd2"])
+    # the start is trained first (not reported: it was not asked for), then dmd2 from its export
+    assert [m for m, _ in runs] == ["kd", "dmd2"] and runs[0][1] is None
+    assert runs[1][1] in {str(work / "kd-1" / "student_ema.safetensors"), str(work / "kd-1" / "student.safetensors")}
+    rows = [r for r in result["rows"] if r["method"] != "teacher"]
+    assert [(r["method"], r["steps"], r["nfe"]) for r in rows] == [("kd+dmd2", 1, 1)]
+    assert rows[0]["train_steps"] == 3 + 2  # what the recipe cost: both stages
+    # the full list ends with the entry; asked for with its start, the start trains once and has rows too
+    assert run_bench("mix", workdir=work, progress=False, methods=[])["rows"]  # teacher rows only: no training
+    runs.clear()
+    both = run_bench("mix", workdir=tmp_path / "w2", progress=False, methods=["kd", "kd+dmd2"], reuse=True)
+    assert [m for m, _ in runs] == ["kd", "dmd2"]
+    assert [r["method"] for r in both["rows"] if r["method"] != "teacher"] == ["kd", "kd+dmd2"]
+    runs.clear()  # reused: the same config (the start's export path included) is loaded, not retrained
+    run_bench("mix", workdir=tmp_path / "w2", progress=False, methods=["kd+dmd2"], reuse=True)
+    assert runs == []
+
+
+def test_bench_entries_and_warm_start_cycles(fixture_plugins, monkeypatch):
+    from distill.bench import BenchSpec, bench_entries
+
+    spec = BenchSpec(teacher_rows=[], usual={}, base_config={}, warm_starts={"kd+dmd2": "kd", "kd+vsd": "kd"},
+                     method_configs={"kd+dmd2": {"method": "dmd2"}, "kd+vsd": {"method": "vsd"}})
+    # an entry joins the list only when its method and its start are compatible
+    assert bench_entries(spec, ["kd", "dmd2"]) == ["kd", "dmd2", "kd+dmd2"]
+    assert bench_entries(spec, ["dmd2"]) == ["dmd2"]
+    _spec_with(monkeypatch, warm_starts={"kd": "dmd2", "dmd2": "kd"})
+    with pytest.raises(DistillError, match="cycle: kd -> dmd2 -> kd"):
+        run_bench("mix", progress=False, methods=["kd"])

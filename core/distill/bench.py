@@ -52,6 +52,11 @@ class BenchSpec:
     usual: dict[str, Any]  # the teacher's usual setting, e.g. {"sampler": "heun", "steps": 18}
     base_config: dict[str, Any]  # RunConfig keys shared by every student run
     method_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
+    # Two-stage recipes: entry -> the entry whose trained student it starts from (``student.init``:
+    # its EMA export). An entry that is not a method name says which method it trains with a
+    # "method" key in its method_configs, e.g. {"kd+dmd2": "kd"} with method_configs["kd+dmd2"]
+    # = {"method": "dmd2", ...}. Its rows report the two stages' training steps and seconds added.
+    warm_starts: dict[str, str] = field(default_factory=dict)
     method_steps: dict[str, list[int]] = field(default_factory=dict)  # default: [1]
     # Training budgets per "method" or "method@steps" ("method@steps" wins). A step budget
     # reproduces bitwise on any machine and lets a learning-rate decay span the run; a
@@ -82,6 +87,7 @@ class TrainedStudent:
     net: Any  # the Denoiser to sample (EMA weights when the run kept them)
     train_steps: int
     train_seconds: float  # the training loop's time (metrics.jsonl), set-up excluded
+    run_dir: Path | None = None  # where it was trained (its exports start a warm-started entry)
 
 
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +96,19 @@ def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
+
+
+def entry_method(spec: BenchSpec, entry: str) -> str:
+    """The registered method a benchmark entry trains: its config's ``method``, else its own name."""
+    return spec.method_configs.get(entry, {}).get("method", entry)
+
+
+def bench_entries(spec: BenchSpec, methods: list[str]) -> list[str]:
+    """``methods`` (the compatible registered ones) plus the spec's two-stage entries whose
+    method and start are among them, in that order."""
+    chained = [e for e in spec.warm_starts
+               if entry_method(spec, e) in methods and spec.warm_starts[e] in methods and e not in methods]
+    return list(methods) + chained
 
 
 def _budget(spec: BenchSpec, method: str, steps: int) -> dict[str, Any]:
@@ -153,8 +172,9 @@ def run_bench(
     teacher = load_teacher(cfg0, modality)
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     teacher.to(dev)
-    # Methods that distil a teacher (not `diffusion`, which trains teachers).
-    compatible = [e.name for e in manager.methods.entries() if modality_cls.kind in e.obj.kinds and e.obj.needs_teacher]
+    # Methods that distil a teacher (not `diffusion`, which trains teachers), then two-stage entries.
+    compatible = bench_entries(spec, [e.name for e in manager.methods.entries()
+                                      if modality_cls.kind in e.obj.kinds and e.obj.needs_teacher])
     chosen = compatible if methods is None else list(methods)  # []: the teacher rows only
     bad = [m for m in chosen if m not in compatible]
     if bad:
@@ -278,39 +298,71 @@ def bench_base_config(spec: BenchSpec, modality_name: str, overrides: list[str] 
 
 def train_students(spec: BenchSpec, base: dict[str, Any], methods: list[str], workdir: str | Path | None = None,
                    progress: bool = True, reuse: bool = False) -> list[TrainedStudent]:
-    """One student per (method, step count) of ``spec``, trained in ``workdir/<method>-<steps>``
+    """One student per (entry, step count) of ``spec``, trained in ``workdir/<entry>-<steps>``
     (a new temporary folder by default); a step-agnostic method (its training ignores
     ``student.steps``) trains one student, sampled at each of its step counts. With ``reuse``,
-    a finished run of the same config already in its folder is loaded instead."""
+    a finished run of the same config already in its folder is loaded instead. A two-stage
+    entry (``spec.warm_starts``) starts from its start entry's first student, trained first
+    (or reused) when ``methods`` does not list it; only the entries in ``methods`` are returned."""
     from distill.config import _build_run
     from distill.engine.run import train
     from distill.plugins import get_manager
 
     manager = get_manager()
-    trained: list[TrainedStudent] = []
+    trained: dict[str, list[TrainedStudent]] = {}
     tmp = Path(workdir or tempfile.mkdtemp(prefix="distill-bench-"))
-    for method in methods:
+
+    def train_entry(entry: str, chain: tuple[str, ...] = ()) -> list[TrainedStudent]:
+        if entry in trained:
+            return trained[entry]
+        if entry in chain:
+            raise DistillError(f"bench: warm starts form a cycle: {' -> '.join((*chain, entry))}")
+        start = None
+        if entry in spec.warm_starts:
+            starts = train_entry(spec.warm_starts[entry], (*chain, entry))
+            start = starts[0]
+        method = entry_method(spec, entry)
         method_cls = manager.method(method)
-        steps_list = [k for k in spec.method_steps.get(method, spec.default_steps)
+        steps_list = [k for k in spec.method_steps.get(entry, spec.default_steps)
                       if method_cls.max_student_steps is None or k <= method_cls.max_student_steps]
         groups = [steps_list] if method_cls.step_agnostic and steps_list else [[k] for k in steps_list]
+        students: list[TrainedStudent] = []
         for group in groups:
             steps = group[0]
-            run_cfg = deep_merge(base, spec.method_configs.get(method, {}))
-            run_cfg = deep_merge(run_cfg, {"trainer": _budget(spec, method, steps)})
+            run_cfg = deep_merge(base, spec.method_configs.get(entry, {}))
+            run_cfg = deep_merge(run_cfg, {"trainer": _budget(spec, entry, steps)})
             run_cfg = deep_merge(run_cfg, {"method": method, "student": {"steps": steps},
-                                           "output": {"dir": str(tmp / f"{method}-{steps}")},
+                                           "output": {"dir": str(tmp / f"{entry}-{steps}")},
                                            "trainer": {"progress": progress}})
+            if start is not None:
+                run_cfg = deep_merge(run_cfg, {"student": {"init": str(_student_export(start))}})
             cfg = _build_run(run_cfg)
-            if reuse and (done := _finished_run(cfg, method, group)) is not None:
-                trained.append(done)
-                continue
-            if Path(cfg.output.dir).exists():
-                shutil.rmtree(cfg.output.dir)
-            run = train(cfg)
-            trained.append(TrainedStudent(method, group, run.module.method, run.module.student_for_sampling(ema=True),
-                                          int(run.module.distill_step), _last_record(run.run_dir).get("seconds", 0.0)))
-    return trained
+            done = _finished_run(cfg, entry, group) if reuse else None
+            if done is None:
+                if Path(cfg.output.dir).exists():
+                    shutil.rmtree(cfg.output.dir)
+                run = train(cfg)
+                done = TrainedStudent(entry, group, run.module.method, run.module.student_for_sampling(ema=True),
+                                      int(run.module.distill_step), _last_record(run.run_dir).get("seconds", 0.0),
+                                      Path(run.run_dir))
+            if start is not None:  # what the recipe cost: both stages
+                done.train_steps += start.train_steps
+                done.train_seconds += start.train_seconds
+            students.append(done)
+        trained[entry] = students
+        return students
+
+    return [student for entry in methods for student in train_entry(entry)]
+
+
+def _student_export(student: TrainedStudent) -> Path:
+    """The export a warm-started entry starts from: the EMA student when the run kept one."""
+    if student.run_dir is None:
+        raise DistillError(f"bench: the {student.method} student has no run folder to start another entry from")
+    for name in ("student_ema.safetensors", "student.safetensors"):
+        if (student.run_dir / name).is_file():
+            return student.run_dir / name
+    raise DistillError(f"bench: {student.run_dir} holds no student export to start another entry from")
 
 
 def _finished_run(cfg: Any, method: str, steps: list[int]) -> TrainedStudent | None:
@@ -339,7 +391,8 @@ def _finished_run(cfg: Any, method: str, steps: list[int]) -> TrainedStudent | N
         return None
     opened = open_run(run_dir, load_teacher_too=False)
     print(f"--reuse: {method} x{steps} from {run_dir} ({opened.student_file.name})")
-    return TrainedStudent(method, steps, opened.method, opened.student, int(last["step"]), float(last.get("seconds", 0.0)))
+    return TrainedStudent(method, steps, opened.method, opened.student, int(last["step"]), float(last.get("seconds", 0.0)),
+                          run_dir)
 
 
 def _last_record(run_dir: Path) -> dict[str, Any]:

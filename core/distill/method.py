@@ -215,6 +215,13 @@ class Method:
         """Roles whose parameters a phase updates (default: the role named like the phase)."""
         return [phase]
 
+    def phase_batch_size(self, phase: str, batch_size: int) -> int:
+        """Samples in a phase's batch, given the run's ``data.batch_size`` (default: that size).
+
+        A two-time-scale method can spend its critic's compute on more, smaller updates.
+        """
+        return batch_size
+
     def loss(self, phase: str, batch: Batch, roles: Roles) -> Losses:
         raise NotImplementedError
 

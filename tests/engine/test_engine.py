@@ -72,6 +72,21 @@ def test_two_time_scale_schedule_counts_optimizer_steps(tmp_path, fixture_plugin
     assert int(run.module.distill_step) == 4
 
 
+def test_a_method_sizes_each_phases_batch(tmp_path, fixture_plugins, monkeypatch):
+    """dmd2's critic_batch_size: the critic phases draw that many samples, the student phase data.batch_size."""
+    from distill.methods.dmd2 import DMD2
+
+    sizes = []
+    original = DMD2.loss
+    monkeypatch.setattr(DMD2, "loss", lambda self, phase, batch, roles: sizes.append((phase, batch.size))
+                        or original(self, phase, batch, roles))
+    train(tiny(tmp_path / "run", "dmd2", "trainer.max_steps=2", "method_args.critic_updates=2",
+               "method_args.critic_batch_size=16"))
+    assert sizes == [("critic", 16), ("critic", 16), ("student", 64)] * 2
+    with pytest.raises(DistillError, match="critic_batch_size must be at least 1"):
+        train(tiny(tmp_path / "bad", "dmd2", "method_args.critic_batch_size=0"))
+
+
 def _bytes(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 

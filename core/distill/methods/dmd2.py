@@ -52,6 +52,9 @@ class DMD2(Method):
     @dataclass
     class Options:
         critic_updates: int = 2  # critic phases per student phase (two-time-scale update rule)
+        # samples per critic phase (None: data.batch_size); more, smaller critic updates for the same
+        # compute keep the critic closer to the student (docs/modalities/image.md: the demo's critic)
+        critic_batch_size: int | None = None
         student_lr: float = 1e-4
         critic_lr: float = 1e-4
         critic_prediction: str | None = None  # fresh critic's prediction type (None: the teacher's)
@@ -79,6 +82,8 @@ class DMD2(Method):
         o = self.options
         if o.critic_updates < 1:
             raise DistillError("dmd2: critic_updates must be at least 1")
+        if o.critic_batch_size is not None and o.critic_batch_size < 1:
+            raise DistillError(f"dmd2: critic_batch_size must be at least 1 (or null: data.batch_size), got {o.critic_batch_size}")
         if not 0.0 <= o.t_lo < o.t_hi <= 1.0:
             raise DistillError(f"dmd2: need 0 <= t_lo < t_hi <= 1, got t_lo={o.t_lo}, t_hi={o.t_hi}")
         if not 0.0 <= self._gan_range[0] < self._gan_range[1] <= 1.0:
@@ -113,6 +118,11 @@ class DMD2(Method):
 
     def phases(self, step: int) -> list[str]:
         return ["critic"] * self.options.critic_updates + ["student"]
+
+    def phase_batch_size(self, phase: str, batch_size: int) -> int:
+        if phase == "critic" and self.options.critic_batch_size is not None:
+            return self.options.critic_batch_size
+        return batch_size
 
     def phase_roles(self, phase: str) -> list[str]:
         if phase == "critic" and self.discriminates:

@@ -39,6 +39,11 @@ METHOD_CONFIGS = {
     # four critic updates per student update: with one, the critic lags and the student is still at
     # 2.2x the teacher's FD after 1,000 steps, with four at 1.47x (docs/modalities/image.md: a faster critic)
     "dmd2": {"method_args": {**DM, "critic_updates": 4}, "optim": COSINE, "ema": {"half_life": 50}},
+    # two stages: dmd2 at a quarter of its rate from the finished kd student (WARM_STARTS): regression
+    # gives the teacher's recall, a short distribution-matching run adds precision
+    # (docs/modalities/image.md: warm start from a kd student)
+    "kd+dmd2": {"method": "dmd2", "method_args": {**DM, "critic_updates": 4, "student_lr": 5e-5},
+                "optim": COSINE, "ema": {"half_life": 50}},
     "dmd": {"method_args": {**DM, "regression_weight": 0.25, **LONG_PAIRS}, "optim": COSINE, "ema": {"half_life": 50}},
     "vsd": {"method_args": {**DM, "weighting": "sds"}, "optim": COSINE, "ema": {"half_life": 50}},
     "sid": {"method_args": {**DM, "alpha": 1.2}, "optim": COSINE, "ema": {"half_life": 50}},
@@ -71,13 +76,15 @@ METHOD_CONFIGS = {
 }
 # Documented full budgets (training steps) per "method" or "method@steps". Progressive
 # distillation halves 16 steps in rounds of 250: 2 rounds to 4 steps, 3 to 2, 4 to 1.
-STEPS = {"kd": 8000, "dmd": 4000, "dmd2": 1000, "dmd2@2": 500, "dmd2@4": 500,
+STEPS = {"kd": 8000, "dmd": 4000, "dmd2": 1000, "dmd2@2": 500, "dmd2@4": 500, "kd+dmd2": 400,
          "vsd": 1000, "sid": 1000, "fdistill": 1000, "add": 1000, "ladd": 1000,
          "progressive": 1000, "progressive@2": 750, "progressive@4": 500,
          "reflow": 1000, "cd": 1000, "lcm": 1000, "scm": 1000, "meanflow": 1000, "shortcut": 1000}
+# entry -> the entry whose finished student it starts from (distill.bench.BenchSpec.warm_starts)
+WARM_STARTS = {"kd+dmd2": "kd"}
 # Step counts per method. Step-agnostic methods (cd, lcm, scm, meanflow, shortcut) train one
 # student and sample it at each; the others train one student per step count.
-METHOD_STEPS = {"dmd2": [1, 2, 4], "dmd": [1], "kd": [1], "vsd": [1], "sid": [1], "fdistill": [1], "add": [1], "ladd": [1],
+METHOD_STEPS = {"dmd2": [1, 2, 4], "dmd": [1], "kd": [1], "kd+dmd2": [1], "vsd": [1], "sid": [1], "fdistill": [1], "add": [1], "ladd": [1],
                 "progressive": [1, 2, 4], "reflow": [1],
                 "cd": [1, 2, 4], "lcm": [1, 2, 4], "scm": [1, 2, 4], "meanflow": [1, 2, 4], "shortcut": [1, 2, 4]}
 QUICK_STEPS = 100
@@ -89,8 +96,9 @@ QUICK_CONFIGS = {
     **{m: {"method_args": {"cache_size": 1024}} for m in ("kd", "dmd", "meanflow", "shortcut", "ladd")},
     "reflow": {"method_args": {"cache_size": 1024, "distill_from_step": 60}},
     "progressive": {"method_args": {"steps_per_round": 25}},
-    # one critic update, as the demo (measured better at its 5-minute budget); four would add minutes here
-    "dmd2": {"method_args": {"critic_updates": 1}},
+    # the demo's critic: four updates of 16 samples, the compute of one full update (four of 64
+    # would add minutes here)
+    **{m: {"method_args": {"critic_updates": 4, "critic_batch_size": 16}} for m in ("dmd2", "kd+dmd2")},
 }
 QUICK_METHOD_STEPS = {**METHOD_STEPS, "dmd2": [1], "progressive": [1]}
 
@@ -108,6 +116,7 @@ def benchmark(quick: bool) -> BenchSpec:
             "trainer": {"max_minutes": None, "log_every": 20, "checkpoint_every": 0},
         },
         method_configs=configs,
+        warm_starts=WARM_STARTS,
         method_steps=QUICK_METHOD_STEPS if quick else METHOD_STEPS,
         n_samples=2000 if quick else 5000,
         seeds=1 if quick else 3,
@@ -127,10 +136,11 @@ def demo_plan():
         "modality_args": {"dataset": "digits"},
         "method": "dmd2",
         **METHOD_CONFIGS["dmd2"],
-        # One critic update per student update, not the benchmark's four: in 5 minutes four buy only
-        # about 190 student steps (FD 0.058 on the demo's 2,000 samples) where one buys 420 (0.034).
-        # Four win later (docs/modalities/image.md: a faster critic).
-        "method_args": {**METHOD_CONFIGS["dmd2"]["method_args"], "critic_updates": 1},
+        # The benchmark's four critic updates per student update, each on 16 samples instead of 64:
+        # the critic's compute of one full update, so 5 minutes still buy about 380 student steps, and
+        # a critic that keeps up (FD 0.0275 on the demo's 2,000 samples, against 0.034 with one
+        # update of 64 and 0.058 with four of 64; docs/modalities/image.md: the demo's critic).
+        "method_args": {**METHOD_CONFIGS["dmd2"]["method_args"], "critic_updates": 4, "critic_batch_size": 16},
         "teacher_sampler": {"name": USUAL["sampler"], "steps": USUAL["steps"]},
         "student": {"steps": 1},
         "data": {"batch_size": 64},

@@ -18,6 +18,15 @@ ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = sorted((ROOT / "configs" / "image").glob("*.yaml"))
 
 
+def test_two_stage_entries_start_from_a_benchmarked_student():
+    """kd+dmd2: dmd2 from the benchmark's own kd student (its recipe's student.init is kd's run folder)."""
+    full = benchmark(False)
+    assert full.warm_starts == {"kd+dmd2": "kd"} and full.method_configs["kd+dmd2"]["method"] == "dmd2"
+    kd = load_config(ROOT / "configs" / "image" / "kd.yaml")
+    second = load_config(ROOT / "configs" / "image" / "kd+dmd2.yaml")
+    assert second.student.init == f"{kd.output.dir}/student_ema.safetensors"
+
+
 def test_full_and_quick_specs():
     full, quick = benchmark(False), benchmark(True)
     assert full.usual == {"sampler": "heun", "steps": 18}
@@ -56,6 +65,7 @@ def test_bench_recipes_are_the_committed_configs(method):
     """The benchmark trains what configs/image/<method>.yaml documents (method options, optimiser, EMA)."""
     recipe = load_config(ROOT / "configs" / "image" / f"{method}.yaml")
     bench = _build_run({"modality": "image", "method": method, **METHOD_CONFIGS[method]})
+    assert recipe.method == bench.method  # a two-stage entry ("kd+dmd2") names the method it trains
     assert recipe.method_args == bench.method_args
     assert recipe.optim == bench.optim and recipe.ema == bench.ema
     assert recipe.data.batch_size == 64 and recipe.trainer.max_steps == STEPS[method]
