@@ -87,7 +87,7 @@ class TrainedStudent:
     net: Any  # the Denoiser to sample (EMA weights when the run kept them)
     train_steps: int
     train_seconds: float  # the training loop's time (metrics.jsonl), set-up excluded
-    run_dir: Path | None = None  # where it was trained (its exports start a warm-started entry)
+    run_dir: Path  # where it was trained (its export starts a warm-started entry)
 
 
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +305,7 @@ def train_students(spec: BenchSpec, base: dict[str, Any], methods: list[str], wo
     entry (``spec.warm_starts``) starts from its start entry's first student, trained first
     (or reused) when ``methods`` does not list it; only the entries in ``methods`` are returned."""
     from distill.config import _build_run
-    from distill.engine.run import train
+    from distill.engine.run import student_export, train
     from distill.plugins import get_manager
 
     manager = get_manager()
@@ -335,7 +335,7 @@ def train_students(spec: BenchSpec, base: dict[str, Any], methods: list[str], wo
                                            "output": {"dir": str(tmp / f"{entry}-{steps}")},
                                            "trainer": {"progress": progress}})
             if start is not None:
-                run_cfg = deep_merge(run_cfg, {"student": {"init": str(_student_export(start))}})
+                run_cfg = deep_merge(run_cfg, {"student": {"init": str(student_export(start.run_dir))}})
             cfg = _build_run(run_cfg)
             done = _finished_run(cfg, entry, group) if reuse else None
             if done is None:
@@ -353,16 +353,6 @@ def train_students(spec: BenchSpec, base: dict[str, Any], methods: list[str], wo
         return students
 
     return [student for entry in methods for student in train_entry(entry)]
-
-
-def _student_export(student: TrainedStudent) -> Path:
-    """The export a warm-started entry starts from: the EMA student when the run kept one."""
-    if student.run_dir is None:
-        raise DistillError(f"bench: the {student.method} student has no run folder to start another entry from")
-    for name in ("student_ema.safetensors", "student.safetensors"):
-        if (student.run_dir / name).is_file():
-            return student.run_dir / name
-    raise DistillError(f"bench: {student.run_dir} holds no student export to start another entry from")
 
 
 def _finished_run(cfg: Any, method: str, steps: list[int]) -> TrainedStudent | None:

@@ -237,15 +237,13 @@ class DistillModule(pl.LightningModule):
         self.setup("fit")
 
     # --- data ----------------------------------------------------------------
-    def make_batch(self, step: int, phase_index: int, phase: str | None = None) -> Batch:
-        """The phase's inputs: the global batch for all ranks from one seeded generator, sliced.
-        ``phase`` (its name) lets the method size the batch (:meth:`Method.phase_batch_size`)."""
+    def make_batch(self, step: int, phase_index: int) -> Batch:
+        """The phase's inputs: the global batch for all ranks from one seeded generator, sliced,
+        of the size the method asks for that phase (:meth:`Method.phase_batch_size`)."""
         generator = torch.Generator().manual_seed(step_seed(self.cfg.trainer.seed, step, phase_index))
         world = self.trainer.world_size if self._trainer is not None else 1
         rank = self.trainer.global_rank if self._trainer is not None else 0
-        size = self.cfg.data.batch_size
-        if phase is not None:
-            size = self.method.phase_batch_size(phase, size)
+        size = self.method.phase_batch_size(self.method.phases(step)[phase_index], self.cfg.data.batch_size)
         take = slice(rank * size, (rank + 1) * size)
         device = self.device
         shape = tuple(self.modality.sample_shape)
@@ -313,7 +311,7 @@ class DistillModule(pl.LightningModule):
             if unknown:
                 raise DistillError(f"method {self.method.name!r} phase {phase!r} updates {unknown}, which it does not declare as roles")
             self._set_trainable(names)
-            batch_in = self.make_batch(step, phase_index, phase)
+            batch_in = self.make_batch(step, phase_index)
             losses = self.method.loss(phase, batch_in, self.roles)
             self._check_finite(losses.total.detach(), f"the {phase} loss", phase, step, losses)
             for name in names:

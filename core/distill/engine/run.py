@@ -199,6 +199,18 @@ class OpenedRun:
     student_file: Path
 
 
+def student_export(run_dir: str | Path, ema: bool | None = None) -> Path:
+    """The run's exported student file: the EMA one if present unless ``ema=False``."""
+    run_dir = Path(run_dir)
+    candidates = ["student_ema.safetensors", "student.safetensors"] if ema in (None, True) else ["student.safetensors"]
+    if ema is True and not (run_dir / "student_ema.safetensors").is_file():
+        raise DistillError(f"{run_dir} has no student_ema.safetensors (the run had no EMA); drop --ema")
+    student_file = next((run_dir / c for c in candidates if (run_dir / c).is_file()), None)
+    if student_file is None:
+        raise DistillError(f"{run_dir} has no exported student (student.safetensors); was training interrupted before the first checkpoint?")
+    return student_file
+
+
 def open_run(run_dir: str | Path, ema: bool | None = None, load_teacher_too: bool = True) -> OpenedRun:
     """Load ``config.yaml`` and the exported student (EMA if present unless ``ema=False``)."""
     from distill.config import load_config
@@ -211,12 +223,7 @@ def open_run(run_dir: str | Path, ema: bool | None = None, load_teacher_too: boo
     cfg.output.dir = str(run_dir)
     modality = build_modality(cfg)
     method = build_method(cfg, modality)
-    candidates = ["student_ema.safetensors", "student.safetensors"] if ema in (None, True) else ["student.safetensors"]
-    if ema is True and not (run_dir / "student_ema.safetensors").is_file():
-        raise DistillError(f"{run_dir} has no student_ema.safetensors (the run had no EMA); drop --ema")
-    student_file = next((run_dir / c for c in candidates if (run_dir / c).is_file()), None)
-    if student_file is None:
-        raise DistillError(f"{run_dir} has no exported student (student.safetensors); was training interrupted before the first checkpoint?")
+    student_file = student_export(run_dir, ema)
     student, sidecar = load_denoiser(student_file, modality, role="student")
     teacher = load_teacher(cfg, modality) if load_teacher_too and method.needs_teacher else None
     method.process = student.process

@@ -88,6 +88,11 @@ METHOD_STEPS = {"dmd2": [1, 2, 4], "dmd": [1], "kd": [1], "kd+dmd2": [1], "vsd":
                 "progressive": [1, 2, 4], "reflow": [1],
                 "cd": [1, 2, 4], "lcm": [1, 2, 4], "scm": [1, 2, 4], "meanflow": [1, 2, 4], "shortcut": [1, 2, 4]}
 QUICK_STEPS = 100
+# The demo's critic: four updates per student update, each on 16 samples instead of 64: the critic's
+# compute of one full update, so 5 minutes still buy about 380 student steps, and a critic that keeps
+# up (FD 0.0275 on the demo's 2,000 samples, against 0.034 with one update of 64 and 0.058 with four
+# of 64; docs/modalities/image.md: the demo's critic).
+DEMO_CRITIC = {"critic_updates": 4, "critic_batch_size": 16}
 # --quick: fewer teacher pairs (35 NFE each), progressive rounds of 25 steps (4 rounds fit in
 # 100), reflow's distillation stage after 60 of them (the full recipe's 60 %), and one
 # student per method: the methods that train one student per step count train the 1-step
@@ -96,9 +101,8 @@ QUICK_CONFIGS = {
     **{m: {"method_args": {"cache_size": 1024}} for m in ("kd", "dmd", "meanflow", "shortcut", "ladd")},
     "reflow": {"method_args": {"cache_size": 1024, "distill_from_step": 60}},
     "progressive": {"method_args": {"steps_per_round": 25}},
-    # the demo's critic: four updates of 16 samples, the compute of one full update (four of 64
-    # would add minutes here)
-    **{m: {"method_args": {"critic_updates": 4, "critic_batch_size": 16}} for m in ("dmd2", "kd+dmd2")},
+    # the demo's critic (DEMO_CRITIC): the compute of one full update (four of 64 would add minutes here)
+    **{m: {"method_args": DEMO_CRITIC} for m in ("dmd2", "kd+dmd2")},
 }
 QUICK_METHOD_STEPS = {**METHOD_STEPS, "dmd2": [1], "progressive": [1]}
 
@@ -136,11 +140,7 @@ def demo_plan():
         "modality_args": {"dataset": "digits"},
         "method": "dmd2",
         **METHOD_CONFIGS["dmd2"],
-        # The benchmark's four critic updates per student update, each on 16 samples instead of 64:
-        # the critic's compute of one full update, so 5 minutes still buy about 380 student steps, and
-        # a critic that keeps up (FD 0.0275 on the demo's 2,000 samples, against 0.034 with one
-        # update of 64 and 0.058 with four of 64; docs/modalities/image.md: the demo's critic).
-        "method_args": {**METHOD_CONFIGS["dmd2"]["method_args"], "critic_updates": 4, "critic_batch_size": 16},
+        "method_args": {**METHOD_CONFIGS["dmd2"]["method_args"], **DEMO_CRITIC},
         "teacher_sampler": {"name": USUAL["sampler"], "steps": USUAL["steps"]},
         "student": {"steps": 1},
         "data": {"batch_size": 64},
